@@ -1,0 +1,42 @@
+"""slimkit: make trained PyTorch models smaller and faster, and prove it with honest measurements.
+
+.. code-block:: python
+
+    import slimkit
+    from slimkit.prune import MagnitudePrune
+
+    small = slimkit.apply(model, MagnitudePrune(sparsity=0.8), slimkit.Targets(types=("Linear",)))
+    slimkit.save(small, "out/")            # safetensors + manifest.json
+    again = slimkit.restore("out/")        # rebuilds, replays, loads strictly
+"""
+__version__ = "0.1.0"
+
+from .core import (  # noqa: E402
+    ArtifactError,
+    ConfigError,
+    Context,
+    DataError,
+    Manifest,
+    MethodConfig,
+    MethodError,
+    ModelSpecError,
+    OrderError,
+    Recipe,
+    Record,
+    SlimkitError,
+    Targets,
+    apply,
+    kinds,
+    method_config,
+    records,
+    register_method,
+    register_replay,
+    restore,
+    save,
+)
+
+__all__ = [
+    "__version__", "apply", "save", "restore", "records", "kinds", "Targets", "Context", "Recipe",
+    "Record", "Manifest", "MethodConfig", "method_config", "register_method", "register_replay",
+    "SlimkitError", "ConfigError", "OrderError", "ModelSpecError", "DataError", "ArtifactError", "MethodError",
+]
