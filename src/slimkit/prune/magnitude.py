@@ -1,5 +1,12 @@
 """Unstructured magnitude pruning (Han et al. 2015): zero the smallest weights.
 
+Scopes (See et al. 2016 naming): ``layer`` (every tensor to the same sparsity),
+``global`` / class-blind (one threshold over all), ``class-uniform`` (every weight class
+to the same sparsity, one threshold per class) and ``class-distribution`` (prune
+``|w| < lambda * sigma_c`` per class c). Weight classes come from
+:func:`slimkit.prune.sparsity.weight_class`: embeddings, attention projections, FFN
+weights, else the module type; ``classes`` overrides it with name patterns.
+
 Sparsity alone does not make dense kernels faster; what it buys is storage, which the
 size account and ``slimkit.save`` realise with relative-index CSR
 (:mod:`slimkit.core.encoding`). Structured pruning (``prune.channel`` and friends)
@@ -7,6 +14,7 @@ is what makes models faster.
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Literal
 
 import torch
@@ -14,6 +22,7 @@ from torch import nn
 
 from ..core import Context, MethodConfig, MethodError, Record, Targets, method_config, register_method
 from .masks import global_topk_masks, sparsity_of, topk_mask
+from .sparsity import class_distribution_masks, class_uniform_masks, weight_class
 
 
 @method_config
@@ -24,11 +33,30 @@ class MagnitudePrune(MethodConfig):
     stage = "sparsify"
 
     sparsity: float = 0.5
-    scope: Literal["layer", "global"] = "layer"
+    scope: Literal["layer", "global", "class-uniform", "class-distribution"] = "layer"
     include_bias: bool = False
+    # Weight classes for the class-* scopes: class name -> module-name patterns (fnmatch or "re:").
+    classes: dict[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
+    # class-distribution only: prune |w| < threshold_lambda * sigma_class instead of solving
+    # lambda for ``sparsity``.
+    threshold_lambda: float | None = None
 
     def validate(self) -> None:
         self._require(0.0 <= self.sparsity < 1.0, "sparsity", "a float in [0, 1)", self.sparsity)
+        self._require(self.threshold_lambda is None or self.threshold_lambda >= 0.0, "threshold_lambda",
+                      "a non-negative float or null", self.threshold_lambda)
+        self._require(self.threshold_lambda is None or self.scope == "class-distribution", "threshold_lambda",
+                      "null unless scope is 'class-distribution'", self.threshold_lambda)
+
+
+def param_classes(model: nn.Module, names: list[str], classes: dict[str, tuple[str, ...]]) -> list[str]:
+    """Weight class of each qualified parameter name (the class of its owning module)."""
+    modules = dict(model.named_modules())
+    out = []
+    for qual in names:
+        owner = qual.rsplit(".", 1)[0] if "." in qual else ""
+        out.append(weight_class(owner, type(modules[owner]).__name__, classes))
+    return out
 
 
 def prunable_params(model: nn.Module, targets: Targets, include_bias: bool) -> list[tuple[str, nn.Parameter]]:
@@ -54,8 +82,18 @@ def magnitude_prune(model: nn.Module, config: MagnitudePrune, targets: Targets, 
     if not params:
         raise MethodError(f"{config.kind}: the targets select no weight to prune ({targets.to_dict()})")
     scores = [p.detach().abs() for _, p in params]
+    extra: dict[str, object] = {}
     if config.scope == "global":
         masks = global_topk_masks(scores, config.sparsity)
+    elif config.scope in ("class-uniform", "class-distribution"):
+        labels = param_classes(model, [n for n, _ in params], config.classes)
+        extra["classes"] = dict(zip((n for n, _ in params), labels))
+        if config.scope == "class-uniform":
+            masks = class_uniform_masks(scores, labels, config.sparsity)
+        else:
+            sparsity = None if config.threshold_lambda is not None else config.sparsity
+            masks, lam = class_distribution_masks([p for _, p in params], labels, sparsity, config.threshold_lambda)
+            extra["lambda"] = lam
     else:
         masks = [topk_mask(s, config.sparsity) for s in scores]
     layers = {}
@@ -65,4 +103,5 @@ def magnitude_prune(model: nn.Module, config: MagnitudePrune, targets: Targets, 
             layers[name] = {"sparsity": round(sparsity_of(p), 6), "numel": p.numel()}
     total = sum(p.numel() for _, p in params)
     zeros = sum(p.numel() - int(torch.count_nonzero(p)) for _, p in params)
-    return Record(kind=config.kind, data={"params": layers}, summary={"sparsity": zeros / total, "numel": total})
+    return Record(kind=config.kind, data={"params": layers, **extra},
+                  summary={"sparsity": zeros / total, "numel": total})

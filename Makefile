@@ -1,0 +1,36 @@
+# The two commands: `make demo` and `make test`. Both create .venv if missing and install
+# slimkit with its dependencies (torch pinned to the CPU build 2.13.0).
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+DATA := $(abspath ../shared/data)
+export SLIMKIT_DATA ?= $(if $(wildcard $(DATA)/README.md),$(DATA),)
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: demo test install bench lint clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -e '.[all]'
+	rm -f $(VENV)/.installed-*
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/slimkit demo
+
+test: $(STAMP)
+	@if [ -z "$$SLIMKIT_DATA" ]; then echo "note: ../shared/data not found; tests that need real data will fail with a message"; fi
+	$(BIN)/python -m pytest -q --durations=15 $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/python -m ruff check src tests || true
+
+clean:
+	rm -rf $(VENV) .pytest_cache .hypothesis build *.egg-info

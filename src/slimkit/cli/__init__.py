@@ -1,0 +1,1 @@
+"""The ``slimkit`` command line."""

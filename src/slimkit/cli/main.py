@@ -1,0 +1,169 @@
+"""``slimkit`` command line: list-methods, profile, compress, eval, bench, demo.
+
+User mistakes (bad recipe, unknown spec or task, missing data, corrupt artifact) exit
+with status 2 and a one-line reason on stderr; ``--debug`` shows the traceback.
+``--json`` prints exactly one JSON document on stdout; progress goes to stderr.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="slimkit", description="Make trained PyTorch models smaller and faster, measured honestly.")
+    p.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("list-methods", help="every registered method with its options")
+    s.add_argument("--json", action="store_true")
+
+    s = sub.add_parser("profile", help="params, bytes, MACs, memory-access cost, per-layer table")
+    s.add_argument("--model", required=True, help="model spec: zoo:NAME, hf:PATH, py:module:factory, or a saved folder")
+    s.add_argument("--task", help="also evaluate on this task")
+    s.add_argument("--batch-size", type=int, default=1)
+    s.add_argument("--seq-len", type=int, default=128)
+    s.add_argument("--json", action="store_true")
+
+    s = sub.add_parser("compress", help="run a recipe and write the compressed model with a report")
+    s.add_argument("--model", required=True)
+    s.add_argument("--recipe", required=True, help="a YAML file or a preset name (see list-methods --presets)")
+    s.add_argument("--out", required=True, type=Path)
+    s.add_argument("--task")
+    s.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--json", action="store_true")
+
+    s = sub.add_parser("eval", help="evaluate a saved model on a task")
+    s.add_argument("dir", type=Path)
+    s.add_argument("--task", required=True)
+    s.add_argument("--json", action="store_true")
+
+    s = sub.add_parser("bench", help="paired latency ratio of a saved model against its dense origin")
+    s.add_argument("dir", type=Path)
+    s.add_argument("--against", help="baseline model spec (default: the model the folder was made from)")
+    s.add_argument("--batch-size", type=int, default=1)
+    s.add_argument("--seq-len", type=int, default=128)
+    s.add_argument("--rounds", type=int, default=10)
+    s.add_argument("--threads", type=int)
+    s.add_argument("--json", action="store_true")
+
+    s = sub.add_parser("demo", help="compress the embedded default models and print before/after tables")
+    s.add_argument("--skip-minilm", action="store_true")
+    s.add_argument("--json", action="store_true")
+    return p
+
+
+def _emit(doc: Any, as_json: bool, text: str) -> None:
+    if as_json:
+        sys.stdout.write(json.dumps(doc, indent=2, default=str) + "\n")
+    else:
+        sys.stdout.write(text.rstrip() + "\n")
+
+
+def _list_methods(args: argparse.Namespace) -> int:
+    from ..core import config_class, kinds, presets
+
+    methods = []
+    for kind in kinds():
+        cls = config_class(kind)
+        methods.append({"kind": kind, "stage": cls.stage, "config": cls.__name__,
+                        "doc": (cls.__doc__ or "").strip().split("\n")[0], "fields": cls.describe()})
+    lines = []
+    for m in methods:
+        lines.append(f"{m['kind']}  [{m['stage']}]  {m['doc']}")
+        for f in m["fields"]:
+            lines.append(f"    {f['name']}: {f['type']} = {f['default']!r}")
+    lines.append("\npresets: " + ", ".join(presets()))
+    _emit({"methods": methods, "presets": presets()}, args.json, "\n".join(lines))
+    return 0
+
+
+def _profile(args: argparse.Namespace) -> int:
+    from .. import measure, zoo
+
+    zm = zoo.load(args.model)
+    task = zoo.get_task(args.task) if args.task else None
+    inputs = zm.example_inputs(args.batch_size, args.seq_len) if zm.family == "text" else zm.example_inputs(args.batch_size)
+    prof = measure.profile(zm.model, inputs)
+    doc: dict[str, Any] = {"model": args.model, "batch_size": args.batch_size, "profile": prof.to_dict()}
+    if zm.family == "text":
+        doc["seq_len"] = args.seq_len
+    if task is not None:
+        doc["metrics"] = task.evaluate(zm.model, zm)
+    text = prof.table()
+    if "metrics" in doc:
+        text += "\n" + "\n".join(f"{k}: {v}" for k, v in doc["metrics"].items())
+    _emit(doc, args.json, text)
+    return 0
+
+
+def _compress(args: argparse.Namespace) -> int:
+    from .pipeline import compress
+    from .report import render_markdown
+
+    report = compress(args.model, args.recipe, args.out, task_name=args.task, overwrite=args.overwrite,
+                      quiet=args.json, seed=args.seed)
+    _emit(report, args.json, render_markdown(report) + f"\nwritten to {args.out}")
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from .pipeline import evaluate
+
+    doc = evaluate(args.dir, args.task)
+    _emit(doc, args.json, "\n".join(f"{k}: {v}" for k, v in doc["metrics"].items()))
+    return 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from .pipeline import bench
+
+    doc = bench(args.dir, against=args.against, batch_size=args.batch_size, seq_len=args.seq_len,
+                rounds=args.rounds, threads=args.threads)
+    text = (f"{doc['model']} vs {doc['baseline']} at batch {doc['batch_size']}: {doc['speedup']:.2f}x faster "
+            f"(IQR {doc['speedup_p25']:.2f}-{doc['speedup_p75']:.2f}; medians {doc['median_a_ms']:.3f} ms -> "
+            f"{doc['median_b_ms']:.3f} ms)")
+    _emit(doc, args.json, text)
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    doc, text = run_demo(skip_minilm=args.skip_minilm, quiet=args.json)
+    _emit(doc, args.json, text)
+    return 0
+
+
+_COMMANDS = {"list-methods": _list_methods, "profile": _profile, "compress": _compress, "eval": _eval,
+             "bench": _bench, "demo": _demo}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    from ..core.errors import SlimkitError
+
+    try:
+        return _COMMANDS[args.command](args)
+    except SlimkitError as exc:
+        if args.debug:
+            raise
+        msg = str(exc).replace("\n", " ")
+        print(f"slimkit: error: {msg}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("slimkit: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,151 @@
+"""The jobs behind the CLI: compress a zoo model with a recipe, evaluate, benchmark.
+
+Kept apart from argument parsing so the demo, the CLI and tests share one code path.
+"""
+from __future__ import annotations
+
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from .. import measure, zoo
+from ..core import Context, Recipe, read_manifest, restore, save
+from ..core.api import MANIFEST_FILE, WEIGHTS_FILE, replace_dir
+from ..core.errors import ArtifactError
+from .report import render_markdown
+
+
+def context_for(zm: "zoo.ZooModel", task: "zoo.Task | None", *, calib_batches: int = 8, batch_size: int = 32,
+                seed: int = 0, progress: bool = True) -> Context:
+    """A Context wired to a task's data: calibration and training batches, loss and metric."""
+    ctx = Context(example_inputs=zm.example_inputs(1), seed=seed, progress=progress)
+    if task is None:
+        return ctx
+    ctx.calib_data = task.calibration_batches(zm, calib_batches, batch_size)
+    if task.has_training:
+        ctx.train_data = task.train_batches(zm, batch_size, seed=seed)
+        ctx.loss_fn = task.loss_fn
+    ctx.eval_fn = lambda model: task.evaluate(model, zm)
+    ctx.teacher = zm.model
+    return ctx
+
+
+def snapshot(model: nn.Module, zm: "zoo.ZooModel", task: "zoo.Task | None", *, reference: nn.Module | None = None,
+             saved_dir: Path | None = None) -> dict[str, Any]:
+    """Profile (and, with a task, evaluate) one model state."""
+    prof = measure.profile(model, zm.example_inputs(1))
+    out: dict[str, Any] = {"profile": prof.to_dict()}
+    if saved_dir is not None:
+        out["profile"]["file_bytes"] = (saved_dir / WEIGHTS_FILE).stat().st_size
+    if task is not None:
+        out["metrics"] = task.evaluate(model, zm, reference=reference)
+    return out
+
+
+def _log(msg: str, quiet: bool) -> None:
+    if not quiet:
+        print(msg, file=sys.stderr, flush=True)
+
+
+def compress(spec: str, recipe_source: str, out: Path, *, task_name: str | None = None, overwrite: bool = False,
+             quiet: bool = False, seed: int = 0, bench_rounds: int = 10) -> dict[str, Any]:
+    """Run ``recipe`` on ``spec`` and write ``out/{model.safetensors,manifest.json,report.md,report.json}``.
+
+    Validates everything (recipe, spec, task, output folder) before any work, writes into
+    a temporary sibling folder and renames it into place at the end, so an interrupted run
+    leaves nothing half-written.
+    """
+    recipe = Recipe.load(recipe_source)
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not overwrite)):
+        raise ArtifactError(f"{out} exists and is not empty (use --overwrite)")
+    task = zoo.get_task(task_name) if task_name else None
+    zm = zoo.load(spec)
+    if task is not None:
+        task.check_model(zm)
+    _log(f"slimkit: {spec}: {len(recipe.steps)} step(s) from recipe {recipe.name!r}", quiet)
+    ctx = context_for(zm, task, seed=seed, progress=not quiet)
+    t0 = time.perf_counter()
+    before = snapshot(zm.model, zm, task, reference=zm.model)
+    steps: list[dict[str, Any]] = []
+
+    def on_step(i: int, step: Any, model: nn.Module) -> None:
+        _log(f"slimkit: step {i + 1}/{len(recipe.steps)} {step.config.kind} done", quiet)
+        info = {"step": step.label, "kind": step.config.kind, "record": _last_record(model)}
+        info.update(snapshot(model, zm, task, reference=zm.model))
+        steps.append(info)
+
+    model = recipe.run(zm.model, ctx, on_step=on_step)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        save(model, tmp, spec=spec)
+        after = dict(steps[-1]) if steps else snapshot(model, zm, task, reference=zm.model)
+        after["profile"]["file_bytes"] = (tmp / WEIGHTS_FILE).stat().st_size
+        before["profile"]["file_bytes"] = _dense_file_bytes(zm.model)
+        inputs = zm.example_inputs(1)
+        cmp = measure.compare(zm.model, model, inputs, rounds=bench_rounds)
+        report = {
+            "model": spec, "recipe": recipe.to_dict(), "task": task_name,
+            "before": before, "after": after, "steps": steps,
+            "latency": {"batch": 1, **cmp.to_dict()},
+            "seconds": round(time.perf_counter() - t0, 2),
+        }
+        import json
+
+        (tmp / "report.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
+        (tmp / "report.md").write_text(render_markdown(report))
+        replace_dir(tmp, out, overwrite=overwrite)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return report
+
+
+def _last_record(model: nn.Module) -> dict[str, Any]:
+    from ..core import records
+
+    recs = records(model)
+    return {"kind": recs[-1].kind, "summary": recs[-1].summary} if recs else {}
+
+
+def _dense_file_bytes(model: nn.Module) -> int:
+    """Size of the uncompressed model as slimkit would save it (for the 'before' column)."""
+    with tempfile.TemporaryDirectory() as d:
+        save(model, d, spec="dense")
+        return (Path(d) / WEIGHTS_FILE).stat().st_size
+
+
+def load_artifact(path: Path) -> tuple[nn.Module, "zoo.ZooModel"]:
+    """Restore a saved model and the zoo entry it came from (for inputs, tokenizer, reference)."""
+    path = Path(path)
+    if not (path / MANIFEST_FILE).is_file():
+        raise ArtifactError(f"{path} is not a slimkit model folder (no {MANIFEST_FILE})")
+    manifest = read_manifest(path)
+    if not manifest.model_spec:
+        raise ArtifactError(f"{path / MANIFEST_FILE} names no model_spec")
+    zm = zoo.load(manifest.model_spec)
+    return restore(path), zm
+
+
+def evaluate(path: Path, task_name: str) -> dict[str, Any]:
+    task = zoo.get_task(task_name)
+    model, zm = load_artifact(path)
+    task.check_model(zm)
+    return {"model": str(path), "task": task_name, "metrics": task.evaluate(model, zm, reference=zm.model)}
+
+
+def bench(path: Path, *, against: str | None = None, batch_size: int = 1, seq_len: int = 128, rounds: int = 10,
+          threads: int | None = None) -> dict[str, Any]:
+    """Paired latency: the baseline (``against`` or the model's own dense origin) vs the saved model."""
+    model, zm = load_artifact(path)
+    base = zoo.load(against) if against else zm
+    inputs = zm.example_inputs(batch_size, seq_len) if zm.family == "text" else zm.example_inputs(batch_size)
+    cmp = measure.compare(base.model, model, inputs, rounds=rounds, threads=threads)
+    return {"model": str(path), "baseline": base.spec, "batch_size": batch_size,
+            "seq_len": seq_len if zm.family == "text" else None, **cmp.to_dict()}

@@ -1,0 +1,193 @@
+"""Importance criteria: one score per prunable unit (channel, neuron, head) along a dim.
+
+Every function here is pure tensor math: no modules, no hooks, no data loading. Structured
+pruning gathers the tensors (weights, gradients, activations) and calls these; the
+allocation step (:mod:`slimkit.prune.allocation`) then decides how many units each group
+keeps. A *higher* score always means *more important* (kept first).
+
+"Unit ``i`` along ``dim``" is the slice ``t.select(dim, i)``: for a Linear weight
+``[out, in]``, ``dim=0`` scores output neurons (the producer's "onorm") and ``dim=1``
+scores input features (the consumer's "inorm", He et al. 2018/2019).
+"""
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+from ..core.errors import ConfigError
+
+
+def _slices(t: Tensor, dim: int) -> Tensor:
+    """``t`` reshaped to ``[n, rest]`` with row ``i`` the flattened slice ``t.select(dim, i)``."""
+    if t.dim() == 0:
+        raise ValueError("expected a tensor with at least one dim, got a scalar")
+    return t.movedim(dim, 0).reshape(t.shape[dim], -1)  # [n, rest]
+
+
+def lp_scores(t: Tensor, dim: int, p: float = 1) -> Tensor:
+    """L_p norm of each slice of ``t`` along ``dim`` (p=1: L1 "magnitude", p=2: L2).
+
+    Used for output-norm scores (a producer's output rows) and input-norm scores (a
+    consumer's input columns); coupled groups add both with :func:`aggregate`.
+    """
+    if p <= 0:
+        raise ValueError(f"expected p > 0, got {p}")
+    return torch.linalg.vector_norm(_slices(t.detach().float(), dim), ord=p, dim=1)  # [n]
+
+
+def taylor_scores(w: Tensor, grad: Tensor, dim: int) -> Tensor:
+    """First-order Taylor importance of each slice, group variant of Molchanov et al. 2019.
+
+    Removing slice ``S`` changes the loss by about ``-sum_{s in S} g_s w_s``, so the score
+    is ``|sum_{s in S} w_s * g_s|`` (the absolute value of the summed contribution, *not*
+    the sum of per-weight absolute values: Molchanov's group criterion squares this same
+    sum, which ranks identically).
+
+    ``grad`` is either the gradient of the loss on one batch or a gradient accumulated
+    (summed/averaged) over batches, with ``w``'s shape; or a stack ``[K, *w.shape]`` of
+    per-batch gradients, in which case the per-batch scores are averaged, as Molchanov
+    does (averaging |.| per batch is not the same as |.| of the averaged gradient).
+    """
+    w = w.detach().float()
+    grad = grad.detach().float()
+    if grad.shape == w.shape:
+        return _slices(w * grad, dim).sum(dim=1).abs()  # [n]
+    if grad.dim() == w.dim() + 1 and grad.shape[1:] == w.shape:
+        per_batch = (w.unsqueeze(0) * grad).movedim(dim + 1 if dim >= 0 else dim, 1)  # [K, n, ...]
+        return per_batch.reshape(grad.shape[0], w.shape[dim], -1).sum(dim=2).abs().mean(dim=0)  # [n]
+    raise ValueError(f"expected grad of shape {tuple(w.shape)} or [K, *{tuple(w.shape)}], got {tuple(grad.shape)}")
+
+
+def fpgm_scores(w: Tensor, dim: int) -> Tensor:
+    """FPGM (He et al. 2019): sum of L2 distances from each filter to all the others.
+
+    Filters close to the geometric median of the layer can be represented by the others,
+    so they are redundant: a small total distance means a low score.
+    """
+    flat = _slices(w.detach().float(), dim)  # [n, rest]
+    return torch.cdist(flat.unsqueeze(0), flat.unsqueeze(0)).squeeze(0).sum(dim=1)  # [n]
+
+
+def bn_scale_scores(gamma: Tensor) -> Tensor:
+    """``|gamma|`` of a normalisation layer (network slimming, Liu et al. 2017)."""
+    if gamma.dim() != 1:
+        raise ValueError(f"expected a 1-d scale vector, got shape {tuple(gamma.shape)}")
+    return gamma.detach().float().abs()
+
+
+def entropy_scores(acts: Tensor, dim: int, bins: int = 32) -> Tensor:
+    """Shannon entropy (nats) of each channel's activation histogram (Luo & Wu 2017).
+
+    A channel whose output barely varies carries little information. Each channel is
+    histogrammed over its own ``[min, max]`` range into ``bins`` bins; a constant channel
+    scores 0. Luo & Wu global-average-pool conv maps first: pass ``acts.mean((2, 3))``
+    (``[B, C]``) for their exact recipe, or the raw ``[B, C, H, W]`` to histogram every value.
+    """
+    if bins < 2:
+        raise ValueError(f"expected bins >= 2, got {bins}")
+    x = _slices(acts.detach().float(), dim)  # [n, m]
+    lo = x.min(dim=1, keepdim=True).values
+    span = x.max(dim=1, keepdim=True).values - lo  # [n, 1]
+    scaled = (x - lo) / span.clamp_min(torch.finfo(x.dtype).tiny)  # [n, m] in [0, 1]
+    idx = (scaled * bins).long().clamp_(0, bins - 1)  # [n, m]
+    counts = torch.zeros(x.shape[0], bins, dtype=x.dtype).scatter_add_(1, idx, torch.ones_like(x))  # [n, bins]
+    prob = counts / x.shape[1]
+    ent = -(prob * torch.log(prob.clamp_min(1e-30))).sum(dim=1)  # [n]
+    return torch.where(span.squeeze(1) > 0, ent, torch.zeros_like(ent))
+
+
+def head_importance(attn_probs: Tensor, attn_grads: Tensor) -> Tensor:
+    """Head importance of Michel et al. 2019: ``I_h = E_x |sum_{q,k} A_h * dL/dA_h|``.
+
+    This is ``|dL/d xi_h|`` for a gate ``xi_h`` multiplying head ``h``'s attention
+    probabilities, taken per example and averaged over the batch. Shapes ``[B, H, T, T]``
+    (or ``[H, T, T]`` for one example); returns ``[H]``.
+    """
+    if attn_probs.shape != attn_grads.shape:
+        raise ValueError(f"probs {tuple(attn_probs.shape)} and grads {tuple(attn_grads.shape)} differ")
+    a, g = attn_probs.detach().float(), attn_grads.detach().float()
+    if a.dim() == 3:
+        a, g = a.unsqueeze(0), g.unsqueeze(0)
+    if a.dim() != 4:
+        raise ValueError(f"expected [B, H, T, T], got {tuple(attn_probs.shape)}")
+    return (a * g).sum(dim=(2, 3)).abs().mean(dim=0)  # [B, H] -> [H]
+
+
+def random_scores(n: int, seed: int) -> Tensor:
+    """Uniform random scores from a private generator (the baseline every criterion must beat)."""
+    gen = torch.Generator().manual_seed(seed)
+    return torch.rand(n, generator=gen)
+
+
+def normalize_scores(s: Tensor, how: str | None) -> Tensor:
+    """Divide by the mean (``"mean"``) or max (``"max"``) so differently scaled scores compare."""
+    s = s.float()
+    if how is None:
+        return s
+    if how not in ("mean", "max"):
+        raise ValueError(f"expected normalize 'mean', 'max' or None, got {how!r}")
+    denom = s.abs().mean() if how == "mean" else s.abs().max()
+    return s / denom if denom > 0 else s
+
+
+def aggregate(scores: list[Tensor], how: str = "sum", normalize: str | None = None) -> Tensor:
+    """Combine the scores of coupled members (e.g. a producer's rows and a consumer's columns).
+
+    Coupled members have different scales (a conv kernel vs a BN scale), so each member
+    is normalised first when ``normalize`` is ``"mean"`` or ``"max"``; ``how`` is one of
+    ``"sum"``, ``"mean"``, ``"max"``, ``"prod"``.
+    """
+    if not scores:
+        raise ValueError("expected at least one score tensor")
+    n = scores[0].shape
+    if any(s.shape != n or s.dim() != 1 for s in scores):
+        raise ValueError(f"expected 1-d scores of equal length, got shapes {[tuple(s.shape) for s in scores]}")
+    stack = torch.stack([normalize_scores(s, normalize) for s in scores])  # [members, n]
+    if how == "sum":
+        return stack.sum(dim=0)
+    if how == "mean":
+        return stack.mean(dim=0)
+    if how == "max":
+        return stack.max(dim=0).values
+    if how == "prod":
+        return stack.prod(dim=0)
+    raise ValueError(f"expected how in 'sum', 'mean', 'max', 'prod', got {how!r}")
+
+
+CRITERIA: dict[str, Callable[..., Tensor]] = {
+    "l1": functools.partial(lp_scores, p=1.0),
+    "l2": functools.partial(lp_scores, p=2.0),
+    "taylor": taylor_scores,
+    "fpgm": fpgm_scores,
+    "bn_scale": bn_scale_scores,
+    "entropy": entropy_scores,
+    "head": head_importance,
+    "random": random_scores,
+}
+
+
+def get_criterion(name: str) -> Callable[..., Tensor]:
+    """The criterion registered as ``name``; an unknown name lists the known ones."""
+    try:
+        return CRITERIA[name]
+    except KeyError:
+        raise ConfigError(f"unknown importance criterion {name!r}; expected one of {sorted(CRITERIA)}",
+                          key="criterion") from None
+
+
+__all__ = [
+    "CRITERIA",
+    "aggregate",
+    "bn_scale_scores",
+    "entropy_scores",
+    "fpgm_scores",
+    "get_criterion",
+    "head_importance",
+    "lp_scores",
+    "normalize_scores",
+    "random_scores",
+    "taylor_scores",
+]

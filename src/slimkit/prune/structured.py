@@ -1,0 +1,315 @@
+"""Structured pruning methods: ``prune.channel`` (channels / neurons) and ``prune.heads``.
+
+Both trace the model (:mod:`slimkit.prune.graph`), score every unit of every selected
+group, keep the best units (:mod:`slimkit.prune.allocation`) and slice every coupled
+tensor (:mod:`slimkit.prune.surgery`). The record stores the slicing plan (kept
+positions per parameter and dim), so the replay needs neither data nor a trace.
+
+Group selection: a group is acted on when a module that *produces* its units (Linear /
+Conv output channels, HF Conv1D, Embedding width) matches the targets, so targeting
+``classifier.*`` prunes the classifier's own neurons, not the features feeding it. ``prune.channel`` acts on channel groups (conv channels, Linear neurons such
+as a transformer FFN's intermediate size); ``prune.heads`` on attention-head groups.
+
+Importance of a unit: the chosen criterion on every coupled slice (producer rows,
+consumer columns, norm scales), summed per unit within each tensor, each tensor's scores
+divided by their mean (coupled tensors have different scales), then summed. Taylor needs
+gradients: ``ctx.loss_fn`` over ``ctx.calib_data`` (at most ``calib_batches``), or, with
+no loss given, the sum of squares of the model's first output tensor (a data-only proxy
+for "how much the output depends on this unit").
+"""
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from ..core import (
+    Context,
+    MethodConfig,
+    MethodError,
+    Record,
+    Targets,
+    method_config,
+    register_method,
+    register_replay,
+)
+from ..core.context import call_model
+from . import allocation, importance
+from .graph import DependencyGraph, Group, analyze
+from .surgery import Plan, check_plan, slice_params
+
+Criterion = Literal["l1", "l2", "taylor", "fpgm", "bn_scale", "random"]
+
+
+@method_config
+class ChannelPrune(MethodConfig):
+    """Remove conv channels / Linear neurons (physically) with dependency-aware surgery."""
+
+    kind = "prune.channel"
+    stage = "shrink"
+
+    ratio: float = 0.3
+    importance: Criterion = "l1"
+    scope: Literal["uniform", "global"] = "uniform"
+    round_to: int = 1
+    min_keep: int = 1
+    per_group_ratio: dict[str, float] | None = None
+    calib_batches: int = 8
+
+    def validate(self) -> None:
+        self._require(0.0 <= self.ratio < 1.0, "ratio", "a float in [0, 1)", self.ratio)
+        self._require(self.round_to >= 1, "round_to", "an int >= 1", self.round_to)
+        self._require(self.min_keep >= 1, "min_keep", "an int >= 1", self.min_keep)
+        self._require(self.calib_batches >= 1, "calib_batches", "an int >= 1", self.calib_batches)
+
+
+@method_config
+class HeadPrune(MethodConfig):
+    """Remove whole attention heads (a KV head goes with its query heads under GQA)."""
+
+    kind = "prune.heads"
+    stage = "shrink"
+
+    ratio: float = 0.25
+    heads_per_group: int | None = None  # remove exactly this many units per head group (overrides ratio)
+    importance: Literal["l1", "l2", "taylor", "random"] = "l1"
+    calib_batches: int = 8
+
+    def validate(self) -> None:
+        self._require(0.0 <= self.ratio < 1.0, "ratio", "a float in [0, 1)", self.ratio)
+        self._require(self.heads_per_group is None or self.heads_per_group >= 0, "heads_per_group",
+                      "an int >= 0 or null", self.heads_per_group)
+        self._require(self.calib_batches >= 1, "calib_batches", "an int >= 1", self.calib_batches)
+
+
+# -- scoring ---------------------------------------------------------------------------------
+def example_batch(ctx: Context, method: str) -> Any:
+    if ctx.example_inputs is not None:
+        return ctx.example_inputs
+    if ctx.calib_data is not None:
+        for batch in ctx.calib_data:
+            return batch
+    raise MethodError(f"{method} traces the model: set Context.example_inputs (or calib_data)")
+
+
+def _first_tensor(out: Any) -> torch.Tensor:
+    if isinstance(out, torch.Tensor):
+        return out
+    if isinstance(out, dict) or hasattr(out, "values"):
+        out = list(out.values())
+    for v in out:
+        if isinstance(v, torch.Tensor):
+            return v
+    raise MethodError("the model output holds no tensor to build a default loss from")
+
+
+def gradients(model: nn.Module, ctx: Context, batches: int, method: str) -> dict[str, torch.Tensor]:
+    """Accumulated gradients of the loss (or the default sum-of-squares proxy) per parameter.
+
+    With ``ctx.loss_fn`` the batches come from ``ctx.train_data`` (the loss needs targets;
+    calibration batches are inputs only). Without a loss, the proxy ``sum(output**2)`` runs
+    on ``ctx.calib_data`` (or the example inputs).
+    """
+    if ctx.loss_fn is not None and ctx.train_data is not None:
+        data: Any = ctx.train_data
+        loss_of = ctx.loss_fn
+    else:
+        data = ctx.calib_data if ctx.calib_data is not None else (
+            [ctx.example_inputs] if ctx.example_inputs is not None else None)
+        loss_of = lambda m, b: _first_tensor(call_model(m, b)).float().pow(2).sum()  # noqa: E731
+    if data is None:
+        raise MethodError(f"{method} with taylor importance needs Context.train_data + loss_fn or Context.calib_data")
+    params = dict(model.named_parameters())
+    grads = {n: torch.zeros_like(p) for n, p in params.items()}
+    was_training = model.training
+    model.eval()
+    try:
+        for i, batch in enumerate(data):
+            if i >= batches:
+                break
+            model.zero_grad(set_to_none=True)
+            loss = loss_of(model, batch)
+            loss.backward()
+            for n, p in params.items():
+                if p.grad is not None:
+                    grads[n] += p.grad.detach()
+    finally:
+        model.zero_grad(set_to_none=True)
+        model.train(was_training)
+    return grads
+
+
+def _axis_scores(t: torch.Tensor, dim: int, criterion: str, grad: torch.Tensor | None) -> torch.Tensor | None:
+    t = t.detach().float()
+    if criterion == "l1":
+        return importance.lp_scores(t, dim, 1)
+    if criterion == "l2":
+        return importance.lp_scores(t, dim, 2) ** 2  # squared so units spanning several slices add up
+    if criterion == "taylor":
+        return None if grad is None else importance.taylor_scores(t, grad.float(), dim)
+    raise ValueError(criterion)
+
+
+def group_scores(model: nn.Module, group: Group, criterion: str, grads: dict[str, torch.Tensor] | None,
+                 seed: int) -> torch.Tensor:
+    """One score per unit of ``group`` (see the module docstring for how slices combine)."""
+    if criterion == "random":
+        return importance.random_scores(group.n_units, seed)
+    state = {**dict(model.named_parameters()), **dict(model.named_buffers())}
+    total = torch.zeros(group.n_units, dtype=torch.float64)
+    used = 0
+    for (param, dim), members in group.members.items():
+        t = state[param]
+        mod_name, _, attr = param.rpartition(".")
+        module = model.get_submodule(mod_name)
+        if criterion == "bn_scale":
+            if not (isinstance(module, nn.modules.batchnorm._NormBase) and attr == "weight"):
+                continue
+            s = importance.bn_scale_scores(t.detach().float())
+        elif criterion == "fpgm":
+            if attr != "weight" or t.dim() < 2 or dim != 0:
+                continue  # FPGM compares producer filters
+            s = importance.fpgm_scores(t.detach().float(), 0)
+        else:
+            if attr in ("running_mean", "running_var") or not t.is_floating_point():
+                continue
+            s = _axis_scores(t, dim, criterion, None if grads is None else grads.get(param))
+            if s is None:
+                continue
+        m = torch.as_tensor(members)
+        ok = m >= 0
+        per_unit = torch.zeros(group.n_units, dtype=torch.float64).index_add_(0, m[ok], s.double()[ok])
+        mean = per_unit.mean()
+        total += per_unit / mean if mean > 0 else per_unit
+        used += 1
+    if used == 0:
+        raise MethodError(f"importance {criterion!r} found no tensor to score in group {group.name!r}"
+                          + (" (bn_scale needs a BatchNorm in the group)" if criterion == "bn_scale" else ""))
+    return total.float()
+
+
+def producers(model: nn.Module, group: Group) -> list[str]:
+    """Modules whose outputs are the group's units: Linear / Conv out dim, HF Conv1D dim 1, Embedding width."""
+    out = []
+    for param, dim in group.members:
+        mod_name, _, attr = param.rpartition(".")
+        m = model.get_submodule(mod_name)
+        if attr != "weight" or m.weight.dim() < 2:
+            continue
+        out_dim = 1 if type(m).__name__ == "Conv1D" or isinstance(m, nn.Embedding) else 0
+        if dim == out_dim and mod_name not in out:
+            out.append(mod_name)
+    return out
+
+
+def selected_groups(model: nn.Module, graph: DependencyGraph, targets: Targets, heads: bool) -> list[Group]:
+    """Groups of the wanted kind whose producing module matches ``targets`` (any module if none produces)."""
+    out = []
+    for g in graph.groups:
+        if g.heads != heads:
+            continue
+        names = producers(model, g) or g.modules
+        if any(targets.matches(name, model.get_submodule(name)) for name in names):
+            out.append(g)
+    return out
+
+
+# -- shared run / record / replay --------------------------------------------------------------
+def _run(model: nn.Module, graph: DependencyGraph, kept: dict[str, torch.Tensor], batch: Any,
+         kind: str) -> Record:
+    plan = graph.plan({k: v.tolist() for k, v in kept.items()})
+    before = sum(p.numel() for p in model.parameters())
+    was_training = model.training
+    with torch.no_grad():
+        ref = _shapes(call_model(model.eval(), batch))
+    slice_params(model, plan)
+    with torch.no_grad():
+        try:
+            got = _shapes(call_model(model, batch))
+        except Exception as exc:  # any failure here is a surgery bug to report
+            raise MethodError(f"{kind}: the pruned model no longer runs ({exc}); please report this model") from exc
+        finally:
+            model.train(was_training)
+    if got != ref:
+        raise MethodError(f"{kind}: pruning changed the output shapes {ref} -> {got}")
+    after = sum(p.numel() for p in model.parameters())
+    groups = {name: {"kept": idx.tolist(), "units": graph.group(name).n_units} for name, idx in kept.items()}
+    removed = sum(g["units"] - len(g["kept"]) for g in groups.values())
+    return Record(
+        kind=kind,
+        data={"plan": _plan_json(plan), "groups": groups},
+        summary={"params_before": before, "params_after": after, "groups": len(groups), "units_removed": removed},
+    )
+
+
+def _shapes(out: Any) -> list[tuple[int, ...]]:
+    if isinstance(out, torch.Tensor):
+        return [tuple(out.shape)]
+    if isinstance(out, dict) or hasattr(out, "values"):
+        out = list(out.values())
+    if isinstance(out, (list, tuple)):
+        return [s for v in out for s in _shapes(v)]
+    return []
+
+
+def _plan_json(plan: Plan) -> dict[str, dict[str, list[int]]]:
+    return {p: {str(d): list(map(int, k)) for d, k in dims.items()} for p, dims in plan.items()}
+
+
+def replay_plan(model: nn.Module, record: Record) -> None:
+    """Recreate the pruned shapes from ``record.data['plan']`` (values are overwritten by the load)."""
+    plan = {p: {int(d): k for d, k in dims.items()} for p, dims in record.data.get("plan", {}).items()}
+    check_plan(model, plan)
+    slice_params(model, plan)
+
+
+# -- handlers ------------------------------------------------------------------------------
+@register_method(ChannelPrune)
+def channel_prune(model: nn.Module, config: ChannelPrune, targets: Targets, ctx: Context) -> Record:
+    batch = example_batch(ctx, config.kind)
+    graph = analyze(model, batch)
+    groups = selected_groups(model, graph, targets, heads=False)
+    if not groups:
+        raise MethodError(f"{config.kind}: no prunable channel group among the targets ({targets.to_dict()}); "
+                          f"frozen channels: {graph.frozen_reasons}")
+    grads = gradients(model, ctx, config.calib_batches, config.kind) if config.importance == "taylor" else None
+    scores = {g.name: group_scores(model, g, config.importance, grads, ctx.seed) for g in groups}
+    kept = allocation.allocate(scores, config.ratio, mode=config.scope, per_group_ratio=config.per_group_ratio,
+                               round_to=config.round_to, min_keep=config.min_keep)
+    return _run(model, graph, kept, batch, config.kind)
+
+
+@register_method(HeadPrune)
+def head_prune(model: nn.Module, config: HeadPrune, targets: Targets, ctx: Context) -> Record:
+    batch = example_batch(ctx, config.kind)
+    graph = analyze(model, batch)
+    groups = selected_groups(model, graph, targets, heads=True)
+    if not groups:
+        raise MethodError(f"{config.kind}: no attention-head group among the targets ({targets.to_dict()})")
+    grads = gradients(model, ctx, config.calib_batches, config.kind) if config.importance == "taylor" else None
+    kept: dict[str, torch.Tensor] = {}
+    for g in groups:
+        s = group_scores(model, g, config.importance, grads, ctx.seed)
+        if config.heads_per_group is not None:
+            if config.heads_per_group >= g.n_units:
+                raise MethodError(f"{config.kind}: cannot remove {config.heads_per_group} of {g.n_units} heads "
+                                  f"in {g.name!r}")
+            k = g.n_units - config.heads_per_group
+            kept[g.name] = torch.sort(torch.topk(s, k).indices).values
+        else:
+            kept.update(allocation.allocate({g.name: s}, config.ratio))
+    return _run(model, graph, kept, batch, config.kind)
+
+
+register_replay(ChannelPrune)(replay_plan)
+register_replay(HeadPrune)(replay_plan)
+
+
+def units(model: nn.Module, example_inputs: Any) -> dict[str, dict[str, Any]]:
+    """What can be pruned: ``{group: {"units", "heads", "modules"}}`` (for explanations and tests)."""
+    graph = analyze(model, example_inputs)
+    return {g.name: {"units": g.n_units, "heads": g.heads, "modules": g.modules} for g in graph.groups}
+
+
+__all__ = ["ChannelPrune", "HeadPrune", "gradients", "group_scores", "replay_plan", "units"]

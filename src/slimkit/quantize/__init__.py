@@ -1,0 +1,80 @@
+"""Quantisation primitives: pure, tested functions the quantisation methods are built on.
+
+* :mod:`.affine` - uniform affine quantise / dequantise / fake-quant with STE.
+* :mod:`.granularity` - per-tensor / per-channel / per-group parameters (:class:`QParams`).
+* :mod:`.observers` - range calibration: min-max, moving average, percentile, MSE, KL.
+* :mod:`.nonuniform` - k-means sharing, equal-frequency bins, power-of-two, residual binary.
+* :mod:`.lowbit` - binary (BinaryConnect, BWN, XNOR) and ternary (TWN, TTQ) weights.
+* :mod:`.packing`, :mod:`.huffman`, :mod:`.storage` - how the codes are stored and what it costs.
+
+Nothing here registers a method or touches modules.
+"""
+from __future__ import annotations
+
+from .affine import dequantize, fake_quant, qparams, qrange, quant_error, quantize
+from .granularity import QParams, per_channel, per_group, per_tensor
+from .huffman import entropy_bits, huffman_code, huffman_decode, huffman_encode, huffman_nbytes
+from .lowbit import TTQ, binarize, binarize_activations, binarize_ste, sign_ste, ternarize_twn
+from .nonuniform import (
+    Log2Quant,
+    codebook_grad,
+    equal_frequency_bins,
+    kmeans_share,
+    log2_dequantize,
+    log2_quantize,
+    residual_binary,
+    residual_dequantize,
+)
+from .observers import (
+    KLObserver,
+    MinMaxObserver,
+    MovingAverageMinMaxObserver,
+    MSEObserver,
+    Observer,
+    PercentileObserver,
+)
+from .packing import pack_bits, packed_nbytes, unpack_bits
+from .storage import bits_per_weight, quantized_nbytes
+
+__all__ = [
+    "TTQ",
+    "KLObserver",
+    "Log2Quant",
+    "MSEObserver",
+    "MinMaxObserver",
+    "MovingAverageMinMaxObserver",
+    "Observer",
+    "PercentileObserver",
+    "QParams",
+    "binarize",
+    "binarize_activations",
+    "binarize_ste",
+    "bits_per_weight",
+    "codebook_grad",
+    "dequantize",
+    "entropy_bits",
+    "equal_frequency_bins",
+    "fake_quant",
+    "huffman_code",
+    "huffman_decode",
+    "huffman_encode",
+    "huffman_nbytes",
+    "kmeans_share",
+    "log2_dequantize",
+    "log2_quantize",
+    "pack_bits",
+    "packed_nbytes",
+    "per_channel",
+    "per_group",
+    "per_tensor",
+    "qparams",
+    "qrange",
+    "quant_error",
+    "quantize",
+    "quantized_nbytes",
+    "residual_binary",
+    "residual_dequantize",
+    "sign_ste",
+    "ternarize_twn",
+    "unpack_bits",
+]
