@@ -8,3 +8,13 @@ from .prune import unstructured  # noqa: F401
 from .prune import merge  # noqa: F401
 from .prune import structured  # noqa: F401
 from .prune import gradual  # noqa: F401
+from .quantize import qat  # noqa: F401
+from .quantize import lowbit_methods  # noqa: F401
+from .quantize import kmeans_method  # noqa: F401
+from .quantize import fold_bn  # noqa: F401
+from .quantize import weight_only  # noqa: F401
+from .quantize import smoothquant  # noqa: F401
+from .quantize import mixed  # noqa: F401
+from .quantize import ptq  # noqa: F401
+from .prune import recovery  # noqa: F401
+from .export import artifact  # noqa: F401

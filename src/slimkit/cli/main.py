@@ -1,4 +1,4 @@
-"""``slimkit`` command line: list-methods, profile, compress, eval, bench, demo.
+"""``slimkit`` command line: list-methods, profile, compress, eval, bench, export, demo.
 
 User mistakes (bad recipe, unknown spec or task, missing data, corrupt artifact) exit
 with status 2 and a one-line reason on stderr; ``--debug`` shows the traceback.
@@ -54,6 +54,15 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--seq-len", type=int, default=128)
     s.add_argument("--rounds", type=int, default=10)
     s.add_argument("--threads", type=int)
+    s.add_argument("--json", action="store_true")
+
+    s = sub.add_parser("export", help="write a saved model as ONNX (float or int8 for ONNX Runtime) and check it")
+    s.add_argument("dir", type=Path)
+    s.add_argument("--format", choices=["onnx"], default="onnx")
+    s.add_argument("--int8", choices=["none", "dynamic", "static"], default="none")
+    s.add_argument("--exclude", nargs="*", default=[], help="ONNX node-name patterns kept in float")
+    s.add_argument("--task", help="calibration data for --int8 static")
+    s.add_argument("--out", type=Path, help="file to write (default DIR/model.onnx)")
     s.add_argument("--json", action="store_true")
 
     s = sub.add_parser("demo", help="compress the embedded default models and print before/after tables")
@@ -136,6 +145,14 @@ def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export(args: argparse.Namespace) -> int:
+    from ..export.cli import export_artifact
+
+    doc = export_artifact(args.dir, out=args.out, int8=args.int8, exclude=tuple(args.exclude), task_name=args.task)
+    _emit(doc, args.json, "\n".join(f"{k}: {v}" for k, v in doc.items()))
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -145,7 +162,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 _COMMANDS = {"list-methods": _list_methods, "profile": _profile, "compress": _compress, "eval": _eval,
-             "bench": _bench, "demo": _demo}
+             "bench": _bench, "export": _export, "demo": _demo}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

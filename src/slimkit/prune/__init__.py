@@ -33,3 +33,6 @@ __all__ += ["LayerDrop", "NeuronMerge", "merge_plan"]
 from .structured import ChannelPrune, HeadPrune  # noqa: E402  (structured pruning with surgery)
 
 __all__ += ["ChannelPrune", "HeadPrune"]
+from .recovery import BatchNormRecalibrate  # noqa: E402
+
+__all__ += ["BatchNormRecalibrate"]

@@ -116,6 +116,45 @@ def head_importance(attn_probs: Tensor, attn_grads: Tensor) -> Tensor:
     return (a * g).sum(dim=(2, 3)).abs().mean(dim=0)  # [B, H] -> [H]
 
 
+def head_gate_contributions(w: Tensor, grad: Tensor, dim: int, head_of: Tensor, n_heads: int) -> Tensor:
+    """Signed gate gradient of every head per batch, ``[K, n_heads]``, from an output projection.
+
+    A gate ``xi_h`` multiplying head ``h``'s context output ``x_h`` (the slice entering
+    the output projection ``y = W x``) has ``dL/dxi_h = sum_t x_h . dL/dx_h``, and since
+    ``dL/dW[o, j] = sum_t dL/dy[t, o] x[t, j]`` this equals the sum of ``W * dL/dW`` over
+    the head's input columns: no activation hook is needed, only the weight gradient.
+
+    ``w`` is the projection weight, ``dim`` its input dim (1 for ``nn.Linear``, 0 for HF
+    ``Conv1D``), ``head_of[j]`` the head of input position ``j`` (-1: in no head).
+    ``grad`` is one batch's gradient (``w``'s shape) or a stack ``[K, *w.shape]``. A unit
+    read by several projections (heads tied across layers) sums their contributions.
+    """
+    w, grad = w.detach().float(), grad.detach().float()
+    if grad.shape == w.shape:
+        grad = grad.unsqueeze(0)
+    elif not (grad.dim() == w.dim() + 1 and grad.shape[1:] == w.shape):
+        raise ValueError(f"expected grad of shape {tuple(w.shape)} or [K, *{tuple(w.shape)}], "
+                         f"got {tuple(grad.shape)}")
+    dim = dim % w.dim()
+    head_of = torch.as_tensor(head_of, dtype=torch.long)
+    if head_of.shape != (w.shape[dim],):
+        raise ValueError(f"expected head_of of length {w.shape[dim]}, got shape {tuple(head_of.shape)}")
+    k = grad.shape[0]
+    per_col = (w.unsqueeze(0) * grad).movedim(dim + 1, 1).reshape(k, w.shape[dim], -1).sum(dim=2)  # [K, cols]
+    ok = head_of >= 0
+    return torch.zeros(k, n_heads).index_add_(1, head_of[ok], per_col[:, ok])  # [K, H]
+
+
+def head_gate_scores(w: Tensor, grad: Tensor, dim: int, head_of: Tensor, n_heads: int) -> Tensor:
+    """Michel et al. 2019 head importance ``E_batches |dL/d xi_h|`` from an output projection, ``[n_heads]``.
+
+    See :func:`head_gate_contributions` for the arguments. The absolute value is taken
+    per batch and then averaged, as in Michel's expectation: |.| of a gradient summed
+    over batches would let batches of opposite sign cancel.
+    """
+    return head_gate_contributions(w, grad, dim, head_of, n_heads).abs().mean(dim=0)
+
+
 def random_scores(n: int, seed: int) -> Tensor:
     """Uniform random scores from a private generator (the baseline every criterion must beat)."""
     gen = torch.Generator().manual_seed(seed)
@@ -185,6 +224,8 @@ __all__ = [
     "entropy_scores",
     "fpgm_scores",
     "get_criterion",
+    "head_gate_contributions",
+    "head_gate_scores",
     "head_importance",
     "lp_scores",
     "normalize_scores",

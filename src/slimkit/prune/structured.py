@@ -16,9 +16,15 @@ divided by their mean (coupled tensors have different scales), then summed. Tayl
 gradients: ``ctx.loss_fn`` over ``ctx.calib_data`` (at most ``calib_batches``), or, with
 no loss given, the sum of squares of the model's first output tensor (a data-only proxy
 for "how much the output depends on this unit").
+
+``prune.heads`` also offers ``importance="head"``, the head importance of Michel et al.
+2019: ``E_batches |dL/d xi_h|`` for a gate ``xi_h`` on each head's context output, read off
+the output projection's weight gradient per batch (:func:`importance.head_gate_scores`);
+the same data rules as Taylor apply.
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any, Literal
 
 import torch
@@ -73,7 +79,8 @@ class HeadPrune(MethodConfig):
 
     ratio: float = 0.25
     heads_per_group: int | None = None  # remove exactly this many units per head group (overrides ratio)
-    importance: Literal["l1", "l2", "taylor", "random"] = "l1"
+    # "head": Michel et al. 2019 gate gradient, E_batches |sum over the head of x_h * dL/dx_h|
+    importance: Literal["l1", "l2", "taylor", "head", "random"] = "l1"
     calib_batches: int = 8
 
     def validate(self) -> None:
@@ -104,12 +111,13 @@ def _first_tensor(out: Any) -> torch.Tensor:
     raise MethodError("the model output holds no tensor to build a default loss from")
 
 
-def gradients(model: nn.Module, ctx: Context, batches: int, method: str) -> dict[str, torch.Tensor]:
-    """Accumulated gradients of the loss (or the default sum-of-squares proxy) per parameter.
+def backward_passes(model: nn.Module, ctx: Context, batches: int, method: str) -> Iterator[None]:
+    """Run ``loss.backward()`` on up to ``batches`` batches; yields while ``p.grad`` holds one batch's gradient.
 
     With ``ctx.loss_fn`` the batches come from ``ctx.train_data`` (the loss needs targets;
     calibration batches are inputs only). Without a loss, the proxy ``sum(output**2)`` runs
-    on ``ctx.calib_data`` (or the example inputs).
+    on ``ctx.calib_data`` (or the example inputs). The model runs in eval mode; its mode
+    is restored and its gradients cleared afterwards.
     """
     if ctx.loss_fn is not None and ctx.train_data is not None:
         data: Any = ctx.train_data
@@ -119,9 +127,8 @@ def gradients(model: nn.Module, ctx: Context, batches: int, method: str) -> dict
             [ctx.example_inputs] if ctx.example_inputs is not None else None)
         loss_of = lambda m, b: _first_tensor(call_model(m, b)).float().pow(2).sum()  # noqa: E731
     if data is None:
-        raise MethodError(f"{method} with taylor importance needs Context.train_data + loss_fn or Context.calib_data")
-    params = dict(model.named_parameters())
-    grads = {n: torch.zeros_like(p) for n, p in params.items()}
+        raise MethodError(f"{method} with gradient importance needs Context.train_data + loss_fn "
+                          "or Context.calib_data")
     was_training = model.training
     model.eval()
     try:
@@ -129,15 +136,61 @@ def gradients(model: nn.Module, ctx: Context, batches: int, method: str) -> dict
             if i >= batches:
                 break
             model.zero_grad(set_to_none=True)
-            loss = loss_of(model, batch)
-            loss.backward()
-            for n, p in params.items():
-                if p.grad is not None:
-                    grads[n] += p.grad.detach()
+            loss_of(model, batch).backward()
+            yield
     finally:
         model.zero_grad(set_to_none=True)
         model.train(was_training)
+
+
+def gradients(model: nn.Module, ctx: Context, batches: int, method: str) -> dict[str, torch.Tensor]:
+    """Gradients of the loss (or the default sum-of-squares proxy) per parameter, summed over batches."""
+    params = dict(model.named_parameters())
+    grads = {n: torch.zeros_like(p) for n, p in params.items()}
+    for _ in backward_passes(model, ctx, batches, method):
+        for n, p in params.items():
+            if p.grad is not None:
+                grads[n] += p.grad.detach()
     return grads
+
+
+def head_projections(model: nn.Module, group: Group) -> list[tuple[str, int]]:
+    """``(param, dim)`` of every output projection's input axis that reads ``group``'s heads.
+
+    These are the group's weights of >= 2 dims whose module does not *produce* the group's
+    units (dim 1 of an ``nn.Linear`` o-proj, dim 0 of GPT-2's ``Conv1D`` c_proj). Usually
+    one; several when heads are tied across layers (T5's shared relative position bias).
+    """
+    made_by = set(producers(model, group))
+    found = [(param, dim) for param, dim in group.members
+             if param.rpartition(".")[2] == "weight" and param.rpartition(".")[0] not in made_by
+             and model.get_parameter(param).dim() >= 2]
+    if not found:
+        raise MethodError(f"head importance found no output projection reading the heads of {group.name!r}")
+    return found
+
+
+def head_gate_importance(model: nn.Module, groups: list[Group], ctx: Context, batches: int,
+                         method: str) -> dict[str, torch.Tensor]:
+    """Michel et al. 2019 importance of every head of ``groups``: per-batch |gate gradient|, averaged.
+
+    Per batch, each head's signed gate gradient is summed over the projections reading it,
+    then its absolute value is averaged over batches.
+    """
+    axes = {g.name: head_projections(model, g) for g in groups}
+    signed: dict[str, list[torch.Tensor]] = {g.name: [] for g in groups}  # per batch, [H] each
+    for _ in backward_passes(model, ctx, batches, method):
+        for g in groups:
+            total = torch.zeros(g.n_units)
+            for param, dim in axes[g.name]:
+                p = model.get_parameter(param)
+                if p.grad is not None:
+                    head_of = torch.as_tensor(g.members[(param, dim)])
+                    total += importance.head_gate_contributions(p, p.grad, dim, head_of, g.n_units)[0]
+            signed[g.name].append(total)
+    if not all(signed.values()):
+        raise MethodError(f"{method}: the gradient data holds no batch")
+    return {name: torch.stack(rows).abs().mean(dim=0) for name, rows in signed.items()}
 
 
 def _axis_scores(t: torch.Tensor, dim: int, criterion: str, grad: torch.Tensor | None) -> torch.Tensor | None:
@@ -288,9 +341,11 @@ def head_prune(model: nn.Module, config: HeadPrune, targets: Targets, ctx: Conte
     if not groups:
         raise MethodError(f"{config.kind}: no attention-head group among the targets ({targets.to_dict()})")
     grads = gradients(model, ctx, config.calib_batches, config.kind) if config.importance == "taylor" else None
+    gates = head_gate_importance(model, groups, ctx, config.calib_batches, config.kind) \
+        if config.importance == "head" else {}
     kept: dict[str, torch.Tensor] = {}
     for g in groups:
-        s = group_scores(model, g, config.importance, grads, ctx.seed)
+        s = gates[g.name] if g.name in gates else group_scores(model, g, config.importance, grads, ctx.seed)
         if config.heads_per_group is not None:
             if config.heads_per_group >= g.n_units:
                 raise MethodError(f"{config.kind}: cannot remove {config.heads_per_group} of {g.n_units} heads "
@@ -312,4 +367,5 @@ def units(model: nn.Module, example_inputs: Any) -> dict[str, dict[str, Any]]:
     return {g.name: {"units": g.n_units, "heads": g.heads, "modules": g.modules} for g in graph.groups}
 
 
-__all__ = ["ChannelPrune", "HeadPrune", "gradients", "group_scores", "replay_plan", "units"]
+__all__ = ["ChannelPrune", "HeadPrune", "backward_passes", "gradients", "group_scores", "head_gate_importance",
+           "head_projections", "replay_plan", "units"]

@@ -1,0 +1,74 @@
+"""EfficientNet-Lite0 static int8 (ONNX Runtime, QDQ, per-channel weights) vs fp32, in one run.
+
+Usage::
+
+    SLIMKIT_DATA=/work/shared/data HF_HUB_OFFLINE=1 python benchmarks/efficientnet_int8.py [--rounds 10]
+
+Calibration: the first 500 ImageNet-sample images (the task's calibration split, 10 x 50);
+evaluation: top-1 accuracy and top-1 agreement with fp32 PyTorch on the other 500.
+Latency at batch 1: each row's paired speed-up over fp32 PyTorch, and int8 over ORT fp32
+(``measure.compare``: interleaved rounds, median ratio, 25-75 % spread of per-round ratios).
+Also a row for slimkit's torch backend (``quantize.static``: Conv/Linear on torch's x86
+int8 kernels, float between layers) for accuracy.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+import slimkit
+from slimkit import measure, zoo
+from slimkit.core import Context, Targets
+from slimkit.export.artifact import write_onnx
+from slimkit.export.onnx import OrtModel
+from slimkit.quantize.ptq import StaticInt8
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rounds", type=int, default=10)
+    ap.add_argument("--calibration", default="minmax", choices=["minmax", "entropy", "percentile"])
+    ap.add_argument("--skip-torch-int8", action="store_true")
+    args = ap.parse_args()
+    zm = zoo.load("zoo:efficientnet-lite0")
+    task = zoo.get_task("imagenet-sample")
+    calib = task.calibration_batches(zm, 10, 50)  # all 500 calibration images
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        f32 = write_onnx(zm.model, zm.example_inputs(1), Path(tmp) / "fp32.onnx")
+        i8 = write_onnx(zm.model, zm.example_inputs(1), Path(tmp) / "int8.onnx", int8="static", calib=calib,
+                        calibration=args.calibration, per_channel=True)
+        print(f"export + calibration {time.perf_counter() - t0:.0f}s; int8 ops {i8['ops']}", file=sys.stderr)
+        variants: dict[str, torch.nn.Module] = {
+            "fp32 PyTorch": zm.model,
+            "ORT fp32": OrtModel(Path(tmp) / "fp32.onnx"),
+            "ORT int8 static QDQ per-channel (slimkit)": OrtModel(Path(tmp) / "int8.onnx"),
+        }
+        if not args.skip_torch_int8:
+            variants["torch int8 static (slimkit quantize.static)"] = slimkit.apply(
+                zm.model, StaticInt8(per_channel=True, calib_batches=10), Targets(types=("Conv2d", "Linear")),
+                Context(calib_data=calib))
+        print(f"| variant | file MB | top-1 (last 500) | top-1 agreement with fp32 |\n|---|---|---|---|")
+        sizes = {"ORT fp32": f32["bytes"], "ORT int8 static QDQ per-channel (slimkit)": i8["bytes"]}
+        for name, m in variants.items():
+            r = task.evaluate(m, zm, reference=zm.model)
+            mb = f"{sizes[name] / 1e6:.1f}" if name in sizes else "-"
+            print(f"| {name} | {mb} | {r['accuracy']:.3f} | {r['agreement']:.3f} |", flush=True)
+        x = zm.example_inputs(1)
+        print(f"\n**batch 1** ({args.rounds} rounds x 5 calls, {torch.get_num_threads()} threads)\n")
+        print("| A (baseline) | B | median A ms | median B ms | speed-up A/B | p25-p75 |\n|---|---|---|---|---|---|")
+        pairs = [("fp32 PyTorch", n) for n in variants if n != "fp32 PyTorch"]
+        pairs.append(("ORT fp32", "ORT int8 static QDQ per-channel (slimkit)"))
+        for a, b in pairs:
+            c = measure.compare(variants[a], variants[b], x, rounds=args.rounds)
+            print(f"| {a} | {b} | {c.median_a_ms:.1f} | {c.median_b_ms:.1f} | {c.speedup:.2f}x | "
+                  f"{c.speedup_p25:.2f}-{c.speedup_p75:.2f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,119 @@
+"""Write a model as an ONNX artifact (float or int8 for ONNX Runtime) and check it: the
+``export.onnx`` recipe step and ``slimkit export DIR --format onnx`` share :func:`write_onnx`.
+
+The float file must reproduce the PyTorch outputs (``atol``; otherwise the export is
+wrong and an error is raised). An int8 file legitimately differs; its deviation from the
+PyTorch model (max abs difference and mean row cosine) is measured and recorded instead.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from ..core import Context, MethodConfig, MethodError, Record, Targets, method_config, register_method
+from ..core.context import Batch, call_model
+from .onnx import OrtModel, check_onnx, export_onnx
+from .ort_quant import describe_ops, optimize_transformer, quantize_dynamic_onnx, quantize_static_onnx
+
+Int8Mode = Literal["none", "dynamic", "static"]
+
+
+@method_config
+class OnnxExport(MethodConfig):
+    """Write the model as ONNX (float, or int8 for ONNX Runtime) and check it against PyTorch."""
+
+    kind = "export.onnx"
+    stage = "export"
+
+    file: str = "model.onnx"
+    int8: Literal["none", "dynamic", "static"] = "none"
+    per_channel: bool = True
+    # fnmatch patterns of ONNX node names (they follow the torch module names) kept in float
+    exclude: tuple[str, ...] = ()
+    # ORT transformer fusions before quantizing: "auto" = on for HF BERT-like encoders
+    optimize: Literal["auto", "none", "bert"] = "auto"
+    calibration: Literal["minmax", "entropy", "percentile"] = "minmax"
+    calib_batches: int = 8
+    opset: int = 17
+    atol: float = 1e-3
+
+    def validate(self) -> None:
+        self._require(self.file.endswith(".onnx") and "/" not in self.file, "file", "a file name ending in .onnx",
+                      self.file)
+        self._require(self.calib_batches >= 1, "calib_batches", "an integer >= 1", self.calib_batches)
+        self._require(self.atol > 0, "atol", "a positive float", self.atol)
+
+
+def bert_shape(model: nn.Module) -> tuple[int, int] | None:
+    """``(num_heads, hidden_size)`` of an HF BERT-like encoder inside ``model``, else None."""
+    for m in model.modules():
+        cfg = getattr(m, "config", None)
+        if cfg is not None and getattr(cfg, "model_type", None) in ("bert", "roberta", "distilbert", "xlm-roberta"):
+            return int(cfg.num_attention_heads), int(cfg.hidden_size)
+    return None
+
+
+def write_onnx(model: nn.Module, example_inputs: Batch, dest: str | os.PathLike[str], *, int8: Int8Mode = "none",
+               per_channel: bool = True, exclude: tuple[str, ...] = (), optimize: str = "auto",
+               calib: list[Batch] | None = None, calibration: str = "minmax", opset: int = 17,
+               atol: float = 1e-3) -> dict[str, Any]:
+    """Export ``model`` to ``dest`` (float or int8) and return what was done and measured."""
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    shape = bert_shape(model) if optimize == "auto" else (None if optimize == "none" else bert_shape(model) or (12, 384))
+    with tempfile.TemporaryDirectory() as tmp:
+        plain = export_onnx(model, example_inputs, Path(tmp) / "plain.onnx", opset=opset)
+        info: dict[str, Any] = {"file": dest.name, "int8": int8}
+        info["max_abs_diff_float"] = check_onnx(plain, model, [example_inputs], atol=atol)
+        src = plain
+        if shape is not None:
+            src = Path(tmp) / "fused.onnx"
+            info["fusions"] = optimize_transformer(plain, src, num_heads=shape[0], hidden_size=shape[1])
+            info["max_abs_diff_float"] = check_onnx(src, model, [example_inputs], atol=atol)
+        if int8 == "none":
+            os.replace(src, dest)
+        elif int8 == "dynamic":
+            info["int8_nodes"] = len(quantize_dynamic_onnx(src, dest, per_channel=per_channel, exclude=exclude))
+        else:
+            if not calib:
+                raise MethodError("static int8 export needs calibration batches (Context.calib_data or --task)")
+            info["int8_nodes"] = len(quantize_static_onnx(src, dest, calib, per_channel=per_channel,
+                                                          method=calibration, exclude=exclude))  # type: ignore[arg-type]
+    if int8 != "none":
+        info.update(output_deviation(dest, model, example_inputs))
+    info["ops"] = describe_ops(dest)
+    info["bytes"] = dest.stat().st_size
+    return info
+
+
+def output_deviation(path: Path, model: nn.Module, batch: Batch) -> dict[str, float]:
+    """Max abs difference and mean row cosine between the ONNX file's and the model's outputs."""
+    with torch.no_grad():
+        was = model.training
+        model.eval()
+        ref = call_model(model, batch).float()
+        model.train(was)
+        got = call_model(OrtModel(path), batch)
+    cos = nn.functional.cosine_similarity(got.flatten(1).double(), ref.flatten(1).double())
+    return {"max_abs_diff": float((got - ref).abs().max()), "mean_cosine": float(cos.mean())}
+
+
+@register_method(OnnxExport)
+def onnx_export(model: nn.Module, config: OnnxExport, targets: Targets, ctx: Context) -> Record:
+    out_dir = ctx.extras.get("export_dir")
+    if out_dir is None:
+        raise MethodError(f"{config.kind} needs Context.extras['export_dir'], the folder to write {config.file} into")
+    batch = ctx.need("example_inputs", config.kind)
+    calib = list(ctx.calib_data)[: config.calib_batches] if (config.int8 == "static" and ctx.calib_data) else None
+    info = write_onnx(model, batch, Path(out_dir) / config.file, int8=config.int8, per_channel=config.per_channel,
+                      exclude=config.exclude, optimize=config.optimize, calib=calib, calibration=config.calibration,
+                      opset=config.opset, atol=config.atol)
+    summary = {k: info[k] for k in ("file", "int8", "bytes", "max_abs_diff_float") if k in info}
+    if "mean_cosine" in info:
+        summary["mean_cosine"] = info["mean_cosine"]
+    return Record(kind=config.kind, data=info, summary=summary)
