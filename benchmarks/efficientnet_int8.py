@@ -8,7 +8,7 @@ Calibration: the first 500 ImageNet-sample images (the task's calibration split,
 evaluation: top-1 accuracy and top-1 agreement with fp32 PyTorch on the other 500.
 Latency at batch 1: each row's paired speed-up over fp32 PyTorch, and int8 over ORT fp32
 (``measure.compare``: interleaved rounds, median ratio, 25-75 % spread of per-round ratios).
-Also a row for slimkit's torch backend (``quantize.static``: Conv/Linear on torch's x86
+With ``--torch-int8`` also a row for slimkit's torch backend (``quantize.static``: Conv/Linear on torch's x86
 int8 kernels, float between layers) for accuracy.
 """
 from __future__ import annotations
@@ -32,9 +32,14 @@ from slimkit.quantize.ptq import StaticInt8
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=10)
+    ap.add_argument("--threads", type=int, help="torch and ORT intra-op threads (1 resists a shared, oversubscribed CPU)")
     ap.add_argument("--calibration", default="minmax", choices=["minmax", "entropy", "percentile"])
-    ap.add_argument("--skip-torch-int8", action="store_true")
+    ap.add_argument("--no-eval", action="store_true")
+    ap.add_argument("--torch-int8", action="store_true",
+                    help="also the torch-backend row (slow: torch fp32 calibration of this model is slow here)")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)  # OrtModel sessions take torch's count when created
     zm = zoo.load("zoo:efficientnet-lite0")
     task = zoo.get_task("imagenet-sample")
     calib = task.calibration_batches(zm, 10, 50)  # all 500 calibration images
@@ -49,13 +54,13 @@ def main() -> None:
             "ORT fp32": OrtModel(Path(tmp) / "fp32.onnx"),
             "ORT int8 static QDQ per-channel (slimkit)": OrtModel(Path(tmp) / "int8.onnx"),
         }
-        if not args.skip_torch_int8:
+        if args.torch_int8:
             variants["torch int8 static (slimkit quantize.static)"] = slimkit.apply(
                 zm.model, StaticInt8(per_channel=True, calib_batches=10), Targets(types=("Conv2d", "Linear")),
                 Context(calib_data=calib))
-        print(f"| variant | file MB | top-1 (last 500) | top-1 agreement with fp32 |\n|---|---|---|---|")
+        print("| variant | file MB | top-1 (last 500) | top-1 agreement with fp32 |\n|---|---|---|---|", flush=True)
         sizes = {"ORT fp32": f32["bytes"], "ORT int8 static QDQ per-channel (slimkit)": i8["bytes"]}
-        for name, m in variants.items():
+        for name, m in ([] if args.no_eval else variants.items()):
             r = task.evaluate(m, zm, reference=zm.model)
             mb = f"{sizes[name] / 1e6:.1f}" if name in sizes else "-"
             print(f"| {name} | {mb} | {r['accuracy']:.3f} | {r['agreement']:.3f} |", flush=True)

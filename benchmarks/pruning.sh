@@ -21,5 +21,5 @@ $SK compress --model zoo:efficientnet-lite0 --recipe efficientnet-taylor --task 
 $SK bench "$OUT/effnet" --batch-size 1 --rounds ${ROUNDS:-8} --json > $R/pruning-effnet-bench1.json
 
 # 3. digits: 90 % unstructured sparsity with the cubic schedule and fine-tuning.
-.venv/bin/python benchmarks/digits_sparsity.py | tee $R/pruning-digits.md
+.venv/bin/python benchmarks/digits_sparsity.py > $R/pruning-digits.md; cat $R/pruning-digits.md
 .venv/bin/python benchmarks/summarize.py pruning | tee $R/pruning.md

@@ -1,7 +1,6 @@
 """Int8 PTQ on torch's int8 kernels (dynamic/static) and fp16/bf16 casting: accuracy, save/restore, MACs."""
 from __future__ import annotations
 
-
 import pytest
 import torch
 from torch import nn

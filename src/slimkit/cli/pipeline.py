@@ -70,8 +70,10 @@ def compress(spec: str, recipe_source: str, out: Path, *, task_name: str | None 
         task.check_model(zm)
     _log(f"slimkit: {spec}: {len(recipe.steps)} step(s) from recipe {recipe.name!r}", quiet)
     ctx = context_for(zm, task, seed=seed, progress=not quiet)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    ctx.extras["export_dir"] = tmp  # export steps write their artifact next to the weights
     t0 = time.perf_counter()
-    before = snapshot(zm.model, zm, task, reference=zm.model)
     steps: list[dict[str, Any]] = []
 
     def on_step(i: int, step: Any, model: nn.Module) -> None:
@@ -80,10 +82,9 @@ def compress(spec: str, recipe_source: str, out: Path, *, task_name: str | None 
         info.update(snapshot(model, zm, task, reference=zm.model))
         steps.append(info)
 
-    model = recipe.run(zm.model, ctx, on_step=on_step)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
+        before = snapshot(zm.model, zm, task, reference=zm.model)
+        model = recipe.run(zm.model, ctx, on_step=on_step)
         save(model, tmp, spec=spec)
         after = dict(steps[-1]) if steps else snapshot(model, zm, task, reference=zm.model)
         after["profile"]["file_bytes"] = (tmp / WEIGHTS_FILE).stat().st_size

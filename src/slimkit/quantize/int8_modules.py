@@ -120,7 +120,7 @@ class Int8Linear(_Int8Base):
         self.in_features, self.out_features = in_features, out_features
 
     @classmethod
-    def from_float(cls, lin: nn.Linear, mode: Mode = "dynamic", per_channel: bool = True) -> "Int8Linear":
+    def from_float(cls, lin: nn.Linear, mode: Mode = "dynamic", per_channel: bool = True) -> Int8Linear:
         m = cls(lin.in_features, lin.out_features, mode)
         m.set_weight(lin.weight, lin.bias, per_channel)
         return m
@@ -131,7 +131,10 @@ class Int8Linear(_Int8Base):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         dtype = x.dtype
         if self.mode == "dynamic":
-            return torch.ops.quantized.linear_dynamic(x.float(), self.packed(), True).to(dtype)  # [..., O]
+            # reduce_range=False: full 8-bit activations (7-bit halved the embedding fidelity
+            # gain on MiniLM: cosine 0.97 -> 0.987). 7 bits only guard against int16
+            # saturation in pre-VNNI AVX2 kernels.
+            return torch.ops.quantized.linear_dynamic(x.float(), self.packed(), False).to(dtype)  # [..., O]
         qy = torch.ops.quantized.linear(self._quant_in(x), self.packed(), float(self.act_qparams[2]),
                                         int(self.act_qparams[3]))
         return qy.dequantize().to(dtype)  # [..., O]
@@ -154,7 +157,7 @@ class Int8Conv2d(_Int8Base):
         self.pre_pad = tuple(pre_pad) if pre_pad is not None else None
 
     @classmethod
-    def from_float(cls, conv: nn.Conv2d, per_channel: bool = True) -> "Int8Conv2d":
+    def from_float(cls, conv: nn.Conv2d, per_channel: bool = True) -> Int8Conv2d:
         if not isinstance(conv.padding, tuple) or conv.padding_mode != "zeros":
             raise ValueError(f"Int8Conv2d needs numeric zero padding, got {conv.padding!r} / {conv.padding_mode}")
         m = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,  # type: ignore[arg-type]
