@@ -75,13 +75,15 @@ def save(model: nn.Module, path: str | os.PathLike[str], *, spec: str | None = N
     from safetensors.torch import save_file
 
     tensors, layout = encode_state(model.state_dict())
-    _atomic_write(path / WEIGHTS_FILE, lambda p: save_file(tensors, str(p), metadata={_LAYOUT_KEY: layout_json(layout)}))
+    atomic_write(path / WEIGHTS_FILE, lambda p: save_file(tensors, str(p), metadata={_LAYOUT_KEY: layout_json(layout)}))
     text = json.dumps(manifest.to_dict(), indent=2, sort_keys=False)
-    _atomic_write(path / MANIFEST_FILE, lambda p: Path(p).write_text(text + "\n"))
+    atomic_write(path / MANIFEST_FILE, lambda p: Path(p).write_text(text + "\n"))
     return path
 
 
-def _atomic_write(dest: Path, write: Callable[[Path], object]) -> None:
+def atomic_write(dest: Path, write: Callable[[Path], object]) -> None:
+    """Write through a temporary sibling and rename, so readers never see a torn file."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", dir=dest.parent)
     os.close(fd)
     try:

@@ -56,3 +56,21 @@ def call_model(model: nn.Module, batch: Batch) -> Any:
     if isinstance(batch, (tuple, list)):
         return model(*batch)
     return model(batch)
+
+
+def forward_batches(model: nn.Module, batches: Iterable[Batch]) -> int:
+    """Run ``model`` over ``batches`` in eval mode without gradients (for calibration hooks).
+
+    The training flag is restored afterwards; returns the number of batches run.
+    """
+    was_training = model.training
+    model.eval()
+    n = 0
+    try:
+        with torch.no_grad():
+            for batch in batches:
+                call_model(model, batch)
+                n += 1
+    finally:
+        model.train(was_training)
+    return n

@@ -22,10 +22,10 @@ from ..core import (
     MethodError,
     Record,
     Targets,
-    call_model,
     method_config,
     register_method,
 )
+from ..core.context import forward_batches
 from .magnitude import prunable_params
 from .masks import global_topk_masks, sparsity_of, topk_mask
 from .sparsity import (
@@ -264,16 +264,11 @@ def linear_input_stats(model: nn.Module, layers: list[tuple[str, nn.Linear]], ba
 
     for name, lin in layers:
         handles.append(lin.register_forward_pre_hook(make(name, lin)))
-    was_training = model.training
-    model.eval()
     try:
-        with torch.no_grad():
-            for batch in batches:
-                call_model(model, batch)
+        forward_batches(model, batches)
     finally:
         for h in handles:
             h.remove()
-        model.train(was_training)
     return stats
 
 

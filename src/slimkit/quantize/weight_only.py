@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from ..core import Context, MethodConfig, MethodError, Record, Targets, method_config, register_method
-from ..core.context import call_model
+from ..core.context import forward_batches
 from ..core.registry import register_replay
 from .awq import awq_scales
 from .gptq import HessianAccumulator, gptq_quantize
@@ -119,16 +119,11 @@ def capture_inputs(model: nn.Module, layers: dict[str, nn.Module], batches: list
         return fn
 
     handles = [m.register_forward_hook(hook(n)) for n, m in layers.items()]
-    was_training = model.training
-    model.eval()
     try:
-        with torch.no_grad():
-            for batch in batches:
-                call_model(model, batch)
+        forward_batches(model, batches)
     finally:
         for h in handles:
             h.remove()
-        model.train(was_training)
     return stats
 
 

@@ -11,14 +11,13 @@ import csv
 import hashlib
 import os
 import pickle
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
 import torch
 from PIL import Image
 
+from ..core.api import atomic_write
 from ..core.errors import DataError
 
 SPLITS = ("train", "dev", "test")
@@ -47,17 +46,6 @@ def cache_dir() -> Path:
     return path
 
 
-def atomic_write(dest: Path, write: Callable[[Path], object]) -> None:
-    """Write through a temporary sibling and rename, so readers never see a torn cache file."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", dir=dest.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, dest)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def read_tsv(path: Path) -> list[dict[str, str]]:
