@@ -40,3 +40,17 @@ __all__ = [
     "Record", "Manifest", "MethodConfig", "method_config", "register_method", "register_replay",
     "SlimkitError", "ConfigError", "OrderError", "ModelSpecError", "DataError", "ArtifactError", "MethodError",
 ]
+
+_SUBPACKAGES = {"zoo", "measure", "prune", "quantize", "export", "cli", "core"}
+
+
+def __getattr__(name: str) -> object:
+    """Import subpackages on first use (``slimkit.zoo``, ``slimkit.measure``, ...).
+
+    Lazy so that ``import slimkit`` stays fast and does not pull in transformers or ONNX.
+    """
+    if name in _SUBPACKAGES:
+        import importlib
+
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module 'slimkit' has no attribute {name!r}")

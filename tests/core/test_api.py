@@ -110,3 +110,9 @@ def test_csr_inserts_fillers_for_long_gaps() -> None:
     assert parts["values"].tolist() == [0.0, 0.0, 0.0, 1.0]
     assert parts["skips"].tolist() == [255, 255, 255, 999 - 3 * 256]
     assert torch.equal(csr_decode(parts, (2, 1000)), t)
+
+
+def test_subpackages_are_reachable_from_the_top_level() -> None:
+    assert slimkit.zoo.load is not None and slimkit.measure.profile is not None
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        slimkit.nope  # noqa: B018
