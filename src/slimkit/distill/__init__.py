@@ -1,0 +1,37 @@
+"""Knowledge distillation: pure loss functions and student <- teacher layer maps."""
+from __future__ import annotations
+
+from slimkit.distill.losses import (
+    attention_kl,
+    attention_mse,
+    attention_transfer,
+    cosine_loss,
+    fsp_loss,
+    fsp_matrix,
+    hidden_mse,
+    kd_loss,
+    logit_mse,
+    minilm_relation_loss,
+    rkd_angle_loss,
+    rkd_distance_loss,
+)
+from slimkit.distill.mapping import LearnedLayerMap, explicit_map, last_k_map, uniform_map
+
+__all__ = [
+    "LearnedLayerMap",
+    "attention_kl",
+    "attention_mse",
+    "attention_transfer",
+    "cosine_loss",
+    "explicit_map",
+    "fsp_loss",
+    "fsp_matrix",
+    "hidden_mse",
+    "kd_loss",
+    "last_k_map",
+    "logit_mse",
+    "minilm_relation_loss",
+    "rkd_angle_loss",
+    "rkd_distance_loss",
+    "uniform_map",
+]
