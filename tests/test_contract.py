@@ -136,6 +136,8 @@ CONTRACT: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
     "quantize.weight_only": ("digits_cnn", {"bits": 4, "group_size": 8}, LINEARS),
     "train.bn_recalibrate": ("digits_cnn", {"batches": 2}, {}),
     "export.onnx": ("digits_cnn", {"file": "contract.onnx"}, {}),
+    "distill.logits": ("digits_cnn", {"steps": 3, "temperature": 2.0}, {}),
+    "distill.embedding": ("digits_cnn", {"steps": 3, "loss": "mse"}, {}),
 }
 
 KINDS = slimkit.kinds()  # at collection time: every registered method gets a test
@@ -228,6 +230,7 @@ def test_method_contract(kind: str, capsys: pytest.CaptureFixture[str], tmp_path
     # run it
     model = factory(0)
     ctx = make_context(data, tmp_path / "export")
+    ctx.teacher = factory(2).eval()  # distillation kinds learn from it; the others ignore it
     before_state = _state(model)
     before_params = sum(p.numel() for p in model.parameters())
     before_zeros = _zeros(model)
