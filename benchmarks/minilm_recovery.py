@@ -5,7 +5,7 @@ Prunes zoo:minilm-l6 with the minilm-prune preset (4/12 heads, 1/2 FFN), distils
 unpruned model with a cosine loss on sentence embeddings (no STS-B labels), and prints STS-B test
 Spearman before and after.
 """
-import time, random, sys, torch, slimkit
+import time, random, sys, torch
 from slimkit import zoo, Recipe, Context
 from slimkit.zoo.data import read_sst2, read_stsb
 from slimkit.distill.engine import distill
