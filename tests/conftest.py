@@ -2,10 +2,14 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
+from torch import nn
+
+from slimkit.core import Context
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
@@ -20,3 +24,25 @@ def data_dir() -> Path:
             "which sets it, or export SLIMKIT_DATA=/path/to/shared/data"
         )
     return Path(value)
+
+
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """Run a test on one intra-op thread: tiny tensors are fastest there, and on a shared
+    machine two threads waiting for each other can make a 10 ms step take 300 ms."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
+def digits_finetune_ctx() -> Context:
+    """Context for fine-tuning on the digits train split: batches of 64 in a fixed order, CE loss."""
+    from slimkit.zoo.digits import digits_split
+
+    x_tr, y_tr, _, _ = digits_split()
+    perm = torch.randperm(len(y_tr), generator=torch.Generator().manual_seed(0))
+    batches = [(x_tr[perm[i:i + 64]], y_tr[perm[i:i + 64]]) for i in range(0, len(perm), 64)]
+    return Context(train_data=batches, progress=False,
+                   loss_fn=lambda m, b: nn.functional.cross_entropy(m(b[0]), b[1]))

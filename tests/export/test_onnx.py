@@ -1,8 +1,6 @@
 """ONNX export round trip, the ORT module wrapper, ORT int8 (dynamic and static QDQ) and the export.onnx step."""
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import torch
 from torch import nn
@@ -14,13 +12,7 @@ from slimkit.export.artifact import OnnxExport, write_onnx
 from slimkit.export.onnx import OrtModel, check_onnx, export_onnx
 from slimkit.export.ort_quant import describe_ops, match_nodes, quantizable_nodes, quantize_dynamic_onnx
 
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class TwoInput(nn.Module):

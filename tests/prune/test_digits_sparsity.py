@@ -26,24 +26,13 @@ def _acc(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
         return float((model(x).argmax(1) == y).float().mean())
 
 
-@pytest.fixture
-def one_thread():  # type: ignore[no-untyped-def]
-    """Tiny convs run fastest (and least hurt by other jobs on the machine) on one thread."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.mark.slow
 @pytest.mark.usefixtures("one_thread")
-def test_digits_cnn_90_percent_sparse_within_one_point_and_stored_sparse(tmp_path: Path) -> None:
-    x_tr, y_tr, x_te, y_te = digits_split()
+def test_digits_cnn_90_percent_sparse_within_one_point_and_stored_sparse(
+        tmp_path: Path, digits_finetune_ctx: Context) -> None:
+    _, _, x_te, y_te = digits_split()
     dense = pretrained_digits_cnn()
-    perm = torch.randperm(len(y_tr), generator=torch.Generator().manual_seed(0))
-    batches = [(x_tr[perm[i:i + 64]], y_tr[perm[i:i + 64]]) for i in range(0, len(perm), 64)]
-    ctx = Context(train_data=batches, loss_fn=lambda m, b: nn.functional.cross_entropy(m(b[0]), b[1]),
-                  progress=False)
+    ctx = digits_finetune_ctx
     sparse = slimkit.apply(dense, GradualPrune(sparsity=0.9, steps=600, scope="global"), TARGETS, ctx)
 
     slimkit.save(dense, tmp_path / "dense")

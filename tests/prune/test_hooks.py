@@ -20,14 +20,7 @@ from slimkit.prune.regularizers import (
 )
 from slimkit.prune.schedules import DSD, Cubic, GrowPrune, NarangRamp, OneShot, cubic_sparsity
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():  # type: ignore[no-untyped-def]
-    """Tiny models train fastest on one thread, and are then least slowed by other jobs."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _task(seed: int = 0, n: int = 256) -> tuple[nn.Module, Context]:

@@ -27,13 +27,7 @@ from slimkit.prune.sparsity import nm_ok
 LIN = Targets(types=("Linear",))
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():  # type: ignore[no-untyped-def]
-    """Tiny models train fastest on one thread, and are then least slowed by other jobs."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class Block(nn.Module):

@@ -113,24 +113,17 @@ def test_every_lowbit_method_is_listed() -> None:
 
 
 @pytest.mark.slow
-def test_digits_deep_compression_is_20x_smaller_on_disk_within_one_point(tmp_path: Path) -> None:
+def test_digits_deep_compression_is_20x_smaller_on_disk_within_one_point(
+        tmp_path: Path, digits_finetune_ctx: slimkit.core.Context) -> None:
     from slimkit.zoo.digits import DigitsCNN, digits_split, pretrained_digits_cnn
 
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        x_tr, y_tr, x_te, y_te = digits_split()
-        dense = pretrained_digits_cnn()
-        perm = torch.randperm(len(y_tr), generator=torch.Generator().manual_seed(0))
-        batches = [(x_tr[perm[i:i + 64]], y_tr[perm[i:i + 64]]) for i in range(0, len(perm), 64)]
-        ctx = slimkit.core.Context(train_data=batches, progress=False,
-                                   loss_fn=lambda m, b: nn.functional.cross_entropy(m(b[0]), b[1]))
-        out = Recipe.load("digits-deep-compression").run(dense, ctx)
-        slimkit.save(dense, tmp_path / "dense")
-        slimkit.save(out, tmp_path / "dc")
-        restored = slimkit.restore(tmp_path / "dc", model=DigitsCNN)
-    finally:
-        torch.set_num_threads(before)
+    # One thread: the folder's conftest pins it for every quantize test.
+    _, _, x_te, y_te = digits_split()
+    dense = pretrained_digits_cnn()
+    out = Recipe.load("digits-deep-compression").run(dense, digits_finetune_ctx)
+    slimkit.save(dense, tmp_path / "dense")
+    slimkit.save(out, tmp_path / "dc")
+    restored = slimkit.restore(tmp_path / "dc", model=DigitsCNN)
 
     def acc(m: nn.Module) -> float:
         with torch.no_grad():

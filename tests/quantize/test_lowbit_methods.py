@@ -96,26 +96,16 @@ def test_config_errors_name_the_key() -> None:
         Ternary(steps=-1)
 
 
-@pytest.fixture
-def one_thread():  # type: ignore[no-untyped-def]
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.mark.slow
 @pytest.mark.usefixtures("one_thread")
 @pytest.mark.parametrize("mode", ["twn", "ttq"])
-def test_digits_ternary_within_two_points_of_fp32(mode: str, tmp_path: Path) -> None:
+def test_digits_ternary_within_two_points_of_fp32(
+        mode: str, tmp_path: Path, digits_finetune_ctx: slimkit.core.Context) -> None:
     from slimkit.zoo.digits import DigitsCNN, digits_split, pretrained_digits_cnn
 
-    x_tr, y_tr, x_te, y_te = digits_split()
+    _, _, x_te, y_te = digits_split()
     dense = pretrained_digits_cnn()
-    perm = torch.randperm(len(y_tr), generator=torch.Generator().manual_seed(0))
-    batches = [(x_tr[perm[i:i + 64]], y_tr[perm[i:i + 64]]) for i in range(0, len(perm), 64)]
-    ctx = slimkit.core.Context(train_data=batches, progress=False,
-                               loss_fn=lambda m, b: nn.functional.cross_entropy(m(b[0]), b[1]))
+    ctx = digits_finetune_ctx
     out = slimkit.apply(dense, Ternary(mode=mode, steps=200), None, ctx)
     slimkit.save(out, tmp_path / "t")
     restored = slimkit.restore(tmp_path / "t", model=DigitsCNN)
