@@ -54,7 +54,7 @@ def main() -> None:
         ("ternary TTQ", Ternary(mode="ttq", steps=s), None),
         ("binary BWN", Binary(mode="bwn", steps=s), None),
         ("binary BinaryConnect", Binary(mode="binaryconnect", steps=s), None),
-        ("binary XNOR (first/last float; inputs post-ReLU, so sign(x) is constant)", Binary(mode="xnor", steps=s), inner),
+        ("binary XNOR (1-bit weights and inputs, first/last layer float)", Binary(mode="xnor", steps=s), inner),
         ("Deep Compression (recipe digits-deep-compression)", "digits-deep-compression", None),
     ]
     with tempfile.TemporaryDirectory() as tmp:

@@ -1,5 +1,5 @@
-"""MiniLM-L6 int8 on ONNX Runtime through slimkit vs fp32 PyTorch, torch.ao dynamic int8 and
-ORT's own ``quantize_dynamic`` (default and per-channel), in one run.
+"""MiniLM-L6 int8 through slimkit (ONNX Runtime and PyTorch PT2E backends) vs fp32 PyTorch,
+torch.ao dynamic int8 and ORT's own ``quantize_dynamic`` (default and per-channel), in one run.
 
 Usage::
 
@@ -10,16 +10,16 @@ and, at batch 1 and batch 32 (x 128 tokens), each variant's paired speed-up over
 PyTorch plus slimkit's paired speed-up over each baseline (``measure.compare``:
 interleaved rounds, median ratio with the 25-75 % spread of per-round ratios).
 
-slimkit's int8: export with eager attention, ORT transformer fusions (Attention,
-SkipLayerNorm, BiasGelu, EmbedLayerNorm), dynamic int8 with per-channel weights for
-every MatMul and the fused Attention except the ``exclude`` patterns below (kept float
-by measured sensitivity; see ``--sensitivity``).
+slimkit's int8, two backends:
 
-Measured (2 shared cores, see benchmarks/results/minilm_int8.md): the fused graph is *not*
-faster than ORT's own ``quantize_dynamic`` on the plain export (0.87-0.97x at batch 32,
-0.91-0.93x at batch 1): ORT's session-level optimizer already fuses the plain graph, so the
-int8 kernels are the same. Per-channel weights are what buy accuracy (-0.13 Spearman points
-vs -0.26 for the default, embedding cosine 0.993 vs 0.965).
+- ``slimkit int8 (PT2E, PyTorch)``: :func:`slimkit.export.pt2e.quantize_pt2e`, static int8
+  (per-channel int8 weights, uint8 activation ranges from 8 calibration batches of STS-B
+  *train* sentences), compiled by Inductor with freezing: oneDNN int8 kernels with the
+  bias/GELU/residual/LayerNorm work fused around them;
+- ``slimkit int8 (ORT)``: ``export.onnx`` with ``int8: dynamic`` = per-channel dynamic int8
+  on the plain export; ORT's session fuses it (the offline transformer fusions measured
+  slower for int8, see ``slimkit.export.ort_quant``). It is the same graph as ORT's
+  per-channel row, so it can only tie that row.
 """
 from __future__ import annotations
 
@@ -35,18 +35,22 @@ import torch
 import slimkit
 from slimkit import measure, zoo
 from slimkit.core import Targets
+from slimkit.export.artifact import write_onnx
 from slimkit.export.onnx import OrtModel, check_onnx, export_onnx
 from slimkit.export.ort_quant import (
-    describe_ops,
     layer_sensitivity,
     optimize_transformer,
-    quantizable_nodes,
     quantize_dynamic_onnx,
 )
+from slimkit.export.pt2e import Pt2eModel, quantize_pt2e
 from slimkit.quantize.ptq import DynamicInt8
 
 # The FFN output projections of the last layers: GELU outputs with large outliers (measured).
 EXCLUDE: tuple[str, ...] = ()
+
+
+OURS = ("slimkit int8 (PT2E, PyTorch)", "slimkit int8 (ORT)")
+BASELINES = ("torch.ao quantize_dynamic", "ORT quantize_dynamic default", "ORT quantize_dynamic per-channel")
 
 
 def build_variants(work: Path, zm: zoo.ZooModel, exclude: tuple[str, ...]) -> dict[str, torch.nn.Module]:
@@ -57,9 +61,12 @@ def build_variants(work: Path, zm: zoo.ZooModel, exclude: tuple[str, ...]) -> di
     check_onnx(fused, zm.model, [zm.example_inputs(2, 64)], atol=1e-4)
     quantize_dynamic_onnx(plain, work / "ort_default.onnx")  # ORT defaults (per-tensor)
     quantize_dynamic_onnx(plain, work / "ort_pc.onnx", per_channel=True)
-    q = quantize_dynamic_onnx(fused, work / "slimkit.onnx", per_channel=True, exclude=exclude)
-    print(f"slimkit int8: {len(q)}/{len(quantizable_nodes(fused))} nodes int8; ops {describe_ops(work / 'slimkit.onnx')}",
-          file=sys.stderr)
+    info = write_onnx(zm.model, zm.example_inputs(1, 128), work / "slimkit.onnx", int8="dynamic", exclude=exclude)
+    print(f"slimkit int8 (ORT): {info['int8_nodes']} nodes int8; ops {info['ops']}", file=sys.stderr)
+    calib = zoo.get_task("stsb").calibration_batches(zm, 8, 32)
+    t0 = time.perf_counter()
+    pt2e = Pt2eModel(quantize_pt2e(zm.model, zm.example_inputs(2, 16), calib, static=True))
+    print(f"slimkit int8 (PT2E): quantized in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
     ao = torch.ao.quantization.quantize_dynamic(copy.deepcopy(zm.model), {torch.nn.Linear}, dtype=torch.qint8)
     ours_torch = slimkit.apply(zm.model, DynamicInt8(per_channel=True), Targets(types=("Linear",)))
     return {
@@ -70,6 +77,7 @@ def build_variants(work: Path, zm: zoo.ZooModel, exclude: tuple[str, ...]) -> di
         "ORT quantize_dynamic default": OrtModel(work / "ort_default.onnx"),
         "ORT quantize_dynamic per-channel": OrtModel(work / "ort_pc.onnx"),
         "slimkit int8 (ORT)": OrtModel(work / "slimkit.onnx"),
+        "slimkit int8 (PT2E, PyTorch)": pt2e,
     }
 
 
@@ -111,7 +119,6 @@ def main() -> None:
                 print(f"| {name} | {r['spearman']:.4f} | {100 * (r['spearman'] - base):+.2f} | "
                       f"{r['embedding_cosine']:.4f} | {time.perf_counter() - t0:.0f} |", flush=True)
             print()
-        ours = variants["slimkit int8 (ORT)"]
         for bs in (1, 32):
             x = zm.example_inputs(bs, 128)
             rounds = args.rounds if bs == 1 else max(4, args.rounds // 2)
@@ -120,11 +127,9 @@ def main() -> None:
             print("| A (baseline) | B | median A ms | median B ms | speed-up A/B | p25-p75 |")
             print("|---|---|---|---|---|---|")
             pairs = [("fp32 PyTorch", n) for n in variants if n != "fp32 PyTorch"]
-            pairs += [(n, "slimkit int8 (ORT)") for n in ("torch.ao quantize_dynamic", "ORT quantize_dynamic default",
-                                                           "ORT quantize_dynamic per-channel")]
+            pairs += [(a, b) for b in OURS for a in BASELINES]
             for a, b in pairs:
-                c = measure.compare(variants[a], variants[b] if b != "slimkit int8 (ORT)" else ours, x,
-                                    rounds=rounds, iters_per_round=iters, warmup=2)
+                c = measure.compare(variants[a], variants[b], x, rounds=rounds, iters_per_round=iters, warmup=2)
                 print(f"| {a} | {b} | {c.median_a_ms:.1f} | {c.median_b_ms:.1f} | {c.speedup:.2f}x | "
                       f"{c.speedup_p25:.2f}-{c.speedup_p75:.2f} |", flush=True)
 

@@ -136,6 +136,7 @@ CONTRACT: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
     "quantize.weight_only": ("digits_cnn", {"bits": 4, "group_size": 8}, LINEARS),
     "train.bn_recalibrate": ("digits_cnn", {"batches": 2}, {}),
     "export.onnx": ("digits_cnn", {"file": "contract.onnx"}, {}),
+    "export.pt2e": ("digits_cnn", {"file": "contract.pt2", "calib_batches": 2}, {}),
     "distill.logits": ("digits_cnn", {"steps": 3, "temperature": 2.0}, {}),
     "distill.embedding": ("digits_cnn", {"steps": 3, "loss": "mse"}, {}),
 }

@@ -18,4 +18,5 @@ from .quantize import mixed  # noqa: F401
 from .quantize import ptq  # noqa: F401
 from .prune import recovery  # noqa: F401
 from .export import artifact  # noqa: F401
+from .export import pt2e  # noqa: F401
 from .distill import methods as _distill_methods  # noqa: F401

@@ -121,3 +121,15 @@ def test_digits_ternary_within_two_points_of_fp32(
     assert codes == sum(math.ceil(math.prod(m.meta["shape"]) * 2 / 8)
                         for m in restored.modules() if isinstance(m, PackedLayer))
     assert weights == 40208  # every conv / linear weight of the digits CNN is ternary
+
+
+def test_xnor_input_keeps_signal_after_relu() -> None:
+    from slimkit.quantize.packed import xnor_input
+
+    x = torch.relu(torch.randn(4, 8, 5, 5, generator=torch.Generator().manual_seed(0)))  # all >= 0
+    y = xnor_input(x)
+    m = x.mean(dim=(1, 2, 3), keepdim=True)
+    assert torch.equal(y > m, x > m)  # the bit is "above the sample mean", not a constant
+    assert all(len(torch.unique(y[i] > m[i])) == 2 for i in range(4))
+    z = torch.tensor([[-2.0, -1.0, 1.0, 2.0]])  # zero-mean: plain XNOR-Net sign(x) * mean|x|
+    assert torch.allclose(xnor_input(z), torch.sign(z) * 1.5)

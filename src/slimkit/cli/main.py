@@ -56,13 +56,15 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--threads", type=int)
     s.add_argument("--json", action="store_true")
 
-    s = sub.add_parser("export", help="write a saved model as ONNX (float or int8 for ONNX Runtime) and check it")
+    s = sub.add_parser("export", help="write a saved model as ONNX (float or int8 for ONNX Runtime) or as a "
+                                      "PT2E int8 program (PyTorch x86 Inductor) and check it")
     s.add_argument("dir", type=Path)
-    s.add_argument("--format", choices=["onnx"], default="onnx")
-    s.add_argument("--int8", choices=["none", "dynamic", "static"], default="none")
+    s.add_argument("--format", choices=["onnx", "pt2e"], default="onnx")
+    s.add_argument("--int8", choices=["none", "dynamic", "static"], default="none",
+                   help="ONNX: none/dynamic/static; pt2e: static (default) or dynamic")
     s.add_argument("--exclude", nargs="*", default=[], help="ONNX node-name patterns kept in float")
     s.add_argument("--task", help="calibration data for --int8 static")
-    s.add_argument("--out", type=Path, help="file to write (default DIR/model.onnx)")
+    s.add_argument("--out", type=Path, help="file to write (default DIR/model.onnx or DIR/model.pt2)")
     s.add_argument("--json", action="store_true")
 
     s = sub.add_parser("demo", help="compress the embedded default models and print before/after tables")
@@ -148,7 +150,8 @@ def _bench(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace) -> int:
     from ..export.cli import export_artifact
 
-    doc = export_artifact(args.dir, out=args.out, int8=args.int8, exclude=tuple(args.exclude), task_name=args.task)
+    doc = export_artifact(args.dir, out=args.out, int8=args.int8, exclude=tuple(args.exclude), task_name=args.task,
+                          fmt=args.format)
     _emit(doc, args.json, "\n".join(f"{k}: {v}" for k, v in doc.items()))
     return 0
 

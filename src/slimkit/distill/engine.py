@@ -13,6 +13,9 @@ snapshot.
 The teacher runs under ``no_grad`` in eval mode. With ``teacher_cache`` (see
 :func:`slimkit.distill.cache.cache_teacher_topk`) the teacher is not run at all: batch ``i``
 of each pass over ``train_data`` gets ``teacher_cache[i]``.
+
+Under ``torchrun`` (a process group joined with :func:`slimkit.distill.parallel.init_from_env`)
+the same call trains data-parallel: see :mod:`slimkit.distill.parallel`.
 """
 from __future__ import annotations
 
@@ -30,6 +33,7 @@ from torch import nn
 from ..core.api import atomic_write
 from ..core.context import Batch, call_model
 from ..core.errors import MethodError
+from . import parallel
 
 LossFn = Callable[[Any, Any, Batch], torch.Tensor]
 Schedule = Literal["linear", "cosine", "constant"]
@@ -252,7 +256,9 @@ def distill(
         if ckpt is not None and resume and ckpt.is_file():
             stream_pos = _load_checkpoint(ckpt, student, opt, sched, best, result, settings, device)
         stream = _Stream(train_data, *stream_pos)
-        if progress:
+        world_size, rank = parallel.world()
+        runner = parallel.wrap(student, device)
+        if progress and rank == 0:
             from tqdm import tqdm  # type: ignore[import-untyped]
 
             bar = tqdm(total=steps, initial=result.steps, desc=desc, file=sys.stderr, leave=False)
@@ -261,14 +267,20 @@ def distill(
             while result.steps < steps and not result.stopped_early:
                 opt.zero_grad(set_to_none=True)
                 total = 0.0
-                for _ in range(grad_accum):
-                    batch, i = stream.next()
-                    batch = to_device(batch, device)
+                for k in range(grad_accum):
+                    # every rank walks the same stream and keeps its own share of it
+                    for r in range(world_size):
+                        batch, i = stream.next()
+                        if r == rank:
+                            mine, mine_i = batch, i
+                    batch = to_device(mine, device)
                     inputs, _ = split_batch(batch)
-                    t_out = _teacher_out(teacher, teacher_cache, inputs, i, device)
-                    step_loss = loss(call_model(student, inputs), t_out, batch) / grad_accum
-                    step_loss.backward()
+                    t_out = _teacher_out(teacher, teacher_cache, inputs, mine_i, device)
+                    with parallel.no_sync(runner, last=k == grad_accum - 1):
+                        step_loss = loss(call_model(runner, inputs), t_out, batch) / grad_accum
+                        step_loss.backward()
                     total += float(step_loss.detach())
+                total = parallel.mean_across(total)
                 if clip_norm is not None:
                     torch.nn.utils.clip_grad_norm_(params, clip_norm)
                 opt.step()
@@ -283,7 +295,9 @@ def distill(
                     last = result.evals[-1] if result.evals else {}
                     bar.set_postfix(loss=f"{total:.4f}", **{k: f"{v:.4f}" for k, v in last.items() if k != "step"})
                 if ckpt is not None and (t == steps or result.stopped_early or (checkpoint_every and t % checkpoint_every == 0)):
-                    _save_checkpoint(ckpt, student, opt, sched, best, result, settings, (stream.epoch, stream.index))
+                    if rank == 0:
+                        _save_checkpoint(ckpt, student, opt, sched, best, result, settings, (stream.epoch, stream.index))
+                    parallel.barrier()
         finally:
             if bar is not None:
                 bar.close()

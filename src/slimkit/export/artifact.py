@@ -35,7 +35,9 @@ class OnnxExport(MethodConfig):
     per_channel: bool = True
     # fnmatch patterns of ONNX node names (they follow the torch module names) kept in float
     exclude: tuple[str, ...] = ()
-    # ORT transformer fusions before quantizing: "auto" = on for HF BERT-like encoders
+    # ORT's offline transformer fusions: "auto" = on for float HF BERT-like encoders and off
+    # for int8 (quantizing the plain graph and letting the ORT session fuse it is faster:
+    # 1.14-1.33x over the offline-fused int8 graph on MiniLM-L6 at 32 x 128, measured)
     optimize: Literal["auto", "none", "bert"] = "auto"
     calibration: Literal["minmax", "entropy", "percentile"] = "minmax"
     calib_batches: int = 8
@@ -65,7 +67,10 @@ def write_onnx(model: nn.Module, example_inputs: Batch, dest: str | os.PathLike[
     """Export ``model`` to ``dest`` (float or int8) and return what was done and measured."""
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    shape = bert_shape(model) if optimize == "auto" else (None if optimize == "none" else bert_shape(model) or (12, 384))
+    if optimize == "auto":
+        shape = bert_shape(model) if int8 == "none" else None
+    else:
+        shape = None if optimize == "none" else bert_shape(model) or (12, 384)
     with tempfile.TemporaryDirectory() as tmp:
         plain = export_onnx(model, example_inputs, Path(tmp) / "plain.onnx", opset=opset)
         info: dict[str, Any] = {"file": dest.name, "int8": int8}
@@ -93,12 +98,17 @@ def write_onnx(model: nn.Module, example_inputs: Batch, dest: str | os.PathLike[
 
 def output_deviation(path: Path, model: nn.Module, batch: Batch) -> dict[str, float]:
     """Max abs difference and mean row cosine between the ONNX file's and the model's outputs."""
+    return deviation(OrtModel(path), model, batch)
+
+
+def deviation(runtime: nn.Module, model: nn.Module, batch: Batch) -> dict[str, float]:
+    """Max abs difference and mean row cosine between a runtime's and the float model's outputs."""
     with torch.no_grad():
         was = model.training
         model.eval()
         ref = call_model(model, batch).float()
         model.train(was)
-        got = call_model(OrtModel(path), batch)
+        got = call_model(runtime, batch).float()
     cos = nn.functional.cosine_similarity(got.flatten(1).double(), ref.flatten(1).double())
     return {"max_abs_diff": float((got - ref).abs().max()), "mean_cosine": float(cos.mean())}
 

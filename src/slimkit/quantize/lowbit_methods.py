@@ -5,7 +5,7 @@ the forward pass, and pass gradients straight through (STE), as in the papers:
 
 * ``quantize.binary`` - BinaryConnect (``sign(w)``), BWN (``mean|w| * sign(w)``, per tensor
   or per output channel) and XNOR (per-filter scale plus inputs binarised to
-  ``sign(x) * mean_c|x|``). The sign uses the hard-tanh STE (:func:`sign_ste`).
+  ``sign(x - m) * mean_c|x - m| + m``, ``m`` the sample's mean input). The sign uses the hard-tanh STE (:func:`sign_ste`).
 * ``quantize.ternary`` - TWN (threshold ``0.7 mean|w|``, scale = mean of the kept ``|w|``,
   identity STE) and TTQ (threshold ``t * max|w|`` and two *learned* scales ``Wp``/``Wn``,
   :class:`~slimkit.quantize.lowbit.TTQ`).
@@ -15,9 +15,10 @@ codes at 1 bit per weight with a ``[G, 2]`` codebook ``(-alpha, +alpha)``; terna
 2 bits (``{-1, 0, 1}`` offset to ``{0, 1, 2}``) with per-tensor/-channel ``alpha`` (TWN) or
 the codebook ``(-Wn, 0, Wp)`` (TTQ). XNOR layers keep binarising their input when converted.
 
-XNOR needs *signed* inputs: XNOR-Net orders its blocks BN -> binarise -> conv. Placed after
-a ReLU (e.g. ``conv -> BN -> ReLU -> conv`` in ``zoo:digits-cnn``) every input is >= 0,
-``sign(x)`` is constant and the layer sees no signal (measured: chance accuracy on digits).
+XNOR-Net assumes *signed* inputs (it orders its blocks BN -> binarise -> conv). After a ReLU
+(``conv -> BN -> ReLU -> conv`` in ``zoo:digits-cnn``) every input is >= 0 and plain
+``sign(x)`` is constant (measured: chance accuracy on digits), so slimkit binarises each
+sample's input around its mean (see :func:`slimkit.quantize.packed.xnor_input`).
 """
 from __future__ import annotations
 

@@ -299,9 +299,19 @@ class PackedLayer(nn.Module):
 
 
 def xnor_input(x: torch.Tensor) -> torch.Tensor:
-    """XNOR-Net input binarisation ``sign(x) * K`` (K = channel mean of |x|), STE in training."""
-    k = x.detach().abs().mean(dim=1, keepdim=True)  # [B, 1, ...]
-    return sign_ste(x) * k
+    """XNOR-Net input binarisation around each sample's mean: ``sign(x - m) * K + m``.
+
+    ``m`` is the sample's mean input (one number per sample), ``K`` the channel mean of
+    ``|x - m|`` (XNOR-Net's per-position scale); STE in training. For signed, zero-mean
+    inputs ``m ~ 0`` and this is XNOR-Net's ``sign(x) * K``. Centering matters after a ReLU,
+    where every input is >= 0 and plain ``sign(x)`` is a constant that carries no signal
+    (measured on digits: chance accuracy without centering). The constant ``m`` costs one
+    extra term per output (``m * sum of the window's weights``), not a second bit.
+    """
+    m = x.detach().mean(dim=tuple(range(1, x.dim())), keepdim=True)  # [B, 1, ...]
+    c = x - m
+    k = c.detach().abs().mean(dim=1, keepdim=True)  # [B, 1, ...]
+    return sign_ste(c) * k + m
 
 
 def packed_record(layers: dict[str, PackedLayer], **summary: Any) -> Record:
