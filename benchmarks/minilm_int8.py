@@ -86,6 +86,9 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=10)
     ap.add_argument("--threads", type=int, help="torch and ORT intra-op threads (1 resists a shared, oversubscribed CPU)")
     ap.add_argument("--no-eval", action="store_true")
+    ap.add_argument("--batch-sizes", type=int, nargs="*", default=[1, 32])
+    ap.add_argument("--settle", type=int, default=2, help="untimed calls opening each timed block")
+    ap.add_argument("--pause", type=float, default=0.05, help="seconds of idle before each timed block")
     ap.add_argument("--sensitivity", action="store_true", help="print per-node int8 sensitivity and exit")
     ap.add_argument("--exclude", nargs="*", default=list(EXCLUDE))
     args = ap.parse_args()
@@ -119,7 +122,7 @@ def main() -> None:
                 print(f"| {name} | {r['spearman']:.4f} | {100 * (r['spearman'] - base):+.2f} | "
                       f"{r['embedding_cosine']:.4f} | {time.perf_counter() - t0:.0f} |", flush=True)
             print()
-        for bs in (1, 32):
+        for bs in args.batch_sizes:
             x = zm.example_inputs(bs, 128)
             rounds = args.rounds if bs == 1 else max(4, args.rounds // 2)
             iters = 5 if bs == 1 else 2
@@ -129,7 +132,8 @@ def main() -> None:
             pairs = [("fp32 PyTorch", n) for n in variants if n != "fp32 PyTorch"]
             pairs += [(a, b) for b in OURS for a in BASELINES]
             for a, b in pairs:
-                c = measure.compare(variants[a], variants[b], x, rounds=rounds, iters_per_round=iters, warmup=2)
+                c = measure.compare(variants[a], variants[b], x, rounds=rounds, iters_per_round=iters, warmup=2,
+                                    settle=args.settle, pause_s=args.pause)
                 print(f"| {a} | {b} | {c.median_a_ms:.1f} | {c.median_b_ms:.1f} | {c.speedup:.2f}x | "
                       f"{c.speedup_p25:.2f}-{c.speedup_p75:.2f} |", flush=True)
 

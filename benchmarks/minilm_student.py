@@ -53,7 +53,7 @@ def bucketed_batches(zm: zoo.ZooModel, texts: list[str], batch_size: int, max_le
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=3000)
-    ap.add_argument("--lr", type=float, default=2e-4)
+    ap.add_argument("--lr", type=float, default=3e-4)
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--max-length", type=int, default=64)
     ap.add_argument("--rounds", type=int, default=6, help="latency rounds (0 skips the latency check)")

@@ -15,7 +15,7 @@ import torch
 
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE))
-import ddp_worker  # noqa: E402
+import ddp_worker
 
 
 def test_torchrun_two_processes_match_one_process_with_accumulation(tmp_path) -> None:
@@ -23,7 +23,7 @@ def test_torchrun_two_processes_match_one_process_with_accumulation(tmp_path) ->
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            str(HERE / "ddp_worker.py"), str(out), "1"]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     got = torch.load(out, weights_only=True)
     assert got["world"] == 2

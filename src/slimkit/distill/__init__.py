@@ -1,4 +1,4 @@
-"""Knowledge distillation: pure loss functions and student <- teacher layer maps."""
+"""Knowledge distillation: pure loss functions, student <- teacher layer maps and multi-model strategies."""
 from __future__ import annotations
 
 from slimkit.distill.losses import (
@@ -16,9 +16,18 @@ from slimkit.distill.losses import (
     rkd_distance_loss,
 )
 from slimkit.distill.mapping import LearnedLayerMap, explicit_map, last_k_map, uniform_map
+from slimkit.distill.strategies import (
+    FeatureTap,
+    MultiTeacher,
+    mutual_learning,
+    self_distill,
+    teacher_assistant_chain,
+)
 
 __all__ = [
+    "FeatureTap",
     "LearnedLayerMap",
+    "MultiTeacher",
     "attention_kl",
     "attention_mse",
     "attention_transfer",
@@ -31,7 +40,10 @@ __all__ = [
     "last_k_map",
     "logit_mse",
     "minilm_relation_loss",
+    "mutual_learning",
     "rkd_angle_loss",
     "rkd_distance_loss",
+    "self_distill",
+    "teacher_assistant_chain",
     "uniform_map",
 ]

@@ -24,6 +24,7 @@ import math
 import os
 import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any, Literal
 
@@ -37,6 +38,7 @@ from . import parallel
 
 LossFn = Callable[[Any, Any, Batch], torch.Tensor]
 Schedule = Literal["linear", "cosine", "constant"]
+Amp = Literal["none", "bf16", "fp16"]
 CHECKPOINT_FILE = "distill-last.pt"
 
 
@@ -213,6 +215,7 @@ def distill(
     device: str | torch.device = "cpu",
     progress: bool = False,
     desc: str = "distill",
+    amp: Amp = "none",
 ) -> DistillResult:
     """Train ``student`` in place for ``steps`` optimizer steps; return a :class:`DistillResult`.
 
@@ -226,6 +229,12 @@ def distill(
     best-scoring weights at the end. With ``checkpoint_dir``, state is saved every
     ``checkpoint_every`` steps and at the end, and ``resume=True`` continues from it.
     Randomness is seeded from ``seed`` inside a forked RNG (the caller's RNG is untouched).
+
+    ``amp`` is mixed precision where the hardware has it: bf16 autocast on CPUs with
+    AVX512-BF16/AMX, fp16+GradScaler or bf16 on CUDA. Forwards and loss run under autocast;
+    weights, gradients and optimizer state stay float32. fp16 needs loss scaling (its narrow
+    exponent underflows small gradients), bf16 does not; CPU autocast has no fp16, so
+    ``"fp16"`` off CUDA is an error. The scaler's scale is not checkpointed.
     """
     if steps < 1 or grad_accum < 1 or lr <= 0:
         raise MethodError(f"distill: need steps >= 1, grad_accum >= 1, lr > 0; got {steps}, {grad_accum}, {lr}")
@@ -233,7 +242,14 @@ def distill(
         raise MethodError(f"distill: schedule must be linear/cosine/constant and mode max/min, got {schedule!r}, {mode!r}")
     if (keep_best or early_stopping_patience) and eval_fn is None:
         raise MethodError("distill: keep_best and early_stopping_patience need an eval_fn")
+    if amp not in ("none", "bf16", "fp16"):
+        raise MethodError(f"distill: amp must be 'none', 'bf16' or 'fp16', got {amp!r}")
     device = torch.device(device)
+    if amp == "fp16" and device.type != "cuda":
+        raise MethodError(f"distill: amp='fp16' needs a CUDA device (got {device}); CPU autocast is bf16, "
+                          "use amp='bf16'")
+    # disabled, the scaler is an exact pass-through (scale -> loss, step -> opt.step())
+    scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
     student.to(device)
     params = [p for p in student.parameters() if p.requires_grad]
     if not params:
@@ -275,15 +291,19 @@ def distill(
                             mine, mine_i = batch, i
                     batch = to_device(mine, device)
                     inputs, _ = split_batch(batch)
-                    t_out = _teacher_out(teacher, teacher_cache, inputs, mine_i, device)
+                    with _autocast(amp, device):
+                        t_out = _teacher_out(teacher, teacher_cache, inputs, mine_i, device)
                     with parallel.no_sync(runner, last=k == grad_accum - 1):
-                        step_loss = loss(call_model(runner, inputs), t_out, batch) / grad_accum
-                        step_loss.backward()
+                        with _autocast(amp, device):
+                            step_loss = loss(call_model(runner, inputs), t_out, batch) / grad_accum
+                        scaler.scale(step_loss).backward()  # backward outside autocast, as torch advises
                     total += float(step_loss.detach())
                 total = parallel.mean_across(total)
                 if clip_norm is not None:
+                    scaler.unscale_(opt)  # clip the true gradients, not the loss-scaled ones
                     torch.nn.utils.clip_grad_norm_(params, clip_norm)
-                opt.step()
+                scaler.step(opt)  # skips the step if fp16 gradients overflowed
+                scaler.update()
                 sched.step()
                 result.steps += 1
                 result.losses.append(total)
@@ -308,6 +328,13 @@ def distill(
         student.load_state_dict(best.state)
     result.best_metric, result.best_step = best.value, best.step
     return result
+
+
+def _autocast(amp: Amp, device: torch.device) -> AbstractContextManager[Any]:
+    if amp == "none":
+        return nullcontext()
+    dtype = torch.bfloat16 if amp == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 def _teacher_out(teacher: nn.Module | None, cache: Sequence[Any] | None, inputs: Batch, i: int,

@@ -92,11 +92,18 @@ def export_onnx(model: nn.Module, example_inputs: Batch, path: str | os.PathLike
     return path
 
 
-def session_options(threads: int | None = None, *, optimize: bool = True) -> Any:
-    """ORT session options: all graph optimisations, ``threads`` intra-op threads (default: torch's count)."""
+def session_options(threads: int | None = None, *, optimize: bool = True, spin: bool = True) -> Any:
+    """ORT session options: all graph optimisations, ``threads`` intra-op threads (default: torch's count).
+
+    ``spin=False`` stops ORT's idle worker threads from busy-waiting for the next call. On a
+    machine that also runs PyTorch (OpenMP) work, spinning ORT threads steal the cores from
+    it: interleaved A/B timing of ORT against a PyTorch model is only fair without it.
+    """
     import onnxruntime as ort
 
     so = ort.SessionOptions()
+    if not spin:
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     so.intra_op_num_threads = threads or torch.get_num_threads()
     so.inter_op_num_threads = 1
     so.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
@@ -114,7 +121,7 @@ class OrtModel(nn.Module):
     parameters, so task code places its batches on the CPU.
     """
 
-    def __init__(self, path: str | os.PathLike[str], threads: int | None = None) -> None:
+    def __init__(self, path: str | os.PathLike[str], threads: int | None = None, *, spin: bool = True) -> None:
         super().__init__()
         import onnxruntime as ort
 
@@ -122,7 +129,7 @@ class OrtModel(nn.Module):
         if not self.path.is_file():
             raise ArtifactError(f"{self.path} not found")
         self.threads = threads
-        self.session = ort.InferenceSession(str(self.path), sess_options=session_options(threads),
+        self.session = ort.InferenceSession(str(self.path), sess_options=session_options(threads, spin=spin),
                                             providers=["CPUExecutionProvider"])
         self.input_names = [i.name for i in self.session.get_inputs()]
         self._dtypes = {i.name: _np_dtype(i.type) for i in self.session.get_inputs()}

@@ -145,7 +145,8 @@ def round_order(rounds: int) -> list[tuple[str, str]]:
 
 
 def compare(a: Runnable, b: Runnable, inputs: Batch, *, rounds: int = 10, iters_per_round: int = 5, warmup: int = 3,
-            threads: int | None = None, inputs_b: Batch | None = None, settle: int = 1) -> CompareResult:
+            threads: int | None = None, inputs_b: Batch | None = None, settle: int = 1,
+            pause_s: float = 0.0) -> CompareResult:
     """Paired latency of baseline ``a`` against candidate ``b``; ``speedup > 1`` means B is faster.
 
     Both run with the same thread count and the same inputs (``inputs_b`` when B needs a
@@ -163,6 +164,8 @@ def compare(a: Runnable, b: Runnable, inputs: Batch, *, rounds: int = 10, iters_
         for order in round_order(rounds):
             for key in order:
                 fn, x = side[key]
+                if pause_s:
+                    time.sleep(pause_s)  # let the other side's worker threads go idle
                 for _ in range(settle):  # untimed: absorbs the other side's spinning threads
                     call_model(fn, x)
                 samples[key].append([_time_once(fn, x) for _ in range(iters_per_round)])
