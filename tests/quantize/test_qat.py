@@ -98,3 +98,26 @@ def test_qat_config_and_target_errors() -> None:
         QAT.from_dict({"act_quant": "relu6"})
     with pytest.raises(slimkit.core.MethodError, match="no Linear or Conv2d"):
         slimkit.apply(tiny_model(), QAT(steps=0, act_quant="none"), Targets(include=("nothing",)), tiny_ctx())
+
+
+def test_qat_trains_through_the_distillation_engine(tmp_path: Path) -> None:
+    # the fake-quant student learns from a float teacher with Hinton KD (pure KD: alpha=1)
+    ctx = tiny_ctx()
+    teacher = tiny_model(seed=3)
+    ctx.teacher = teacher
+    out = slimkit.apply(tiny_model(), QAT(bits=3, act_bits=8, steps=80, lr=1e-2, kd_alpha=1.0, kd_temperature=2.0),
+                        None, ctx)
+    x = inputs(64)
+    untrained = slimkit.apply(tiny_model(), QAT(bits=3, act_bits=8, steps=0), None, ctx)
+
+    def agree(m: nn.Module) -> float:
+        with torch.no_grad():
+            return float((m(x).argmax(1) == teacher(x).argmax(1)).float().mean())
+
+    assert agree(out) > agree(untrained) + 0.2  # it learned the teacher, not the labels
+    assert all(isinstance(m, PackedLayer) for m in (out[0], out[4]))
+    check_round_trip(out, tmp_path / "kd", inputs())
+    with pytest.raises(slimkit.core.MethodError, match="teacher"):
+        slimkit.apply(tiny_model(), QAT(steps=2, kd_alpha=0.5), None, tiny_ctx())
+    with pytest.raises(ConfigError, match="kd_alpha"):
+        QAT(kd_alpha=1.5)

@@ -266,9 +266,16 @@ class QAT(MethodConfig):
     lr: float = 1e-3
     calib_batches: int = 4
     storage: Literal["packed", "huffman", "auto"] = "packed"
+    # None: train on ctx.loss_fn. A value: train with the distillation engine against
+    # ctx.teacher (Hinton KD, this alpha on the soft targets, 1 - alpha on the labels)
+    kd_alpha: float | None = None
+    kd_temperature: float = 4.0
 
     def validate(self) -> None:
         self._require(isinstance(self.bits, int) and 2 <= self.bits <= 8, "bits", "an int in [2, 8]", self.bits)
+        self._require(self.kd_alpha is None or 0.0 <= self.kd_alpha <= 1.0, "kd_alpha", "None or a float in [0, 1]",
+                      self.kd_alpha)
+        self._require(self.kd_temperature > 0, "kd_temperature", "a positive float", self.kd_temperature)
         self._require(2 <= self.act_bits <= 16, "act_bits", "an int in [2, 16]", self.act_bits)
         self._require(self.steps >= 0, "steps", "a non-negative int", self.steps)
         self._require(self.lr > 0, "lr", "a positive float", self.lr)
@@ -276,13 +283,30 @@ class QAT(MethodConfig):
 
 
 def train_and_convert(model: nn.Module, layers: dict[str, Any], ctx: Context, steps: int, lr: float,
-                      what: str, storage: Storage) -> tuple[dict[str, PackedLayer], float | None]:
-    """Fine-tune a model whose layers were swapped for trainable low-bit ones, then convert them."""
+                      what: str, storage: Storage,
+                      kd: tuple[float, float] | None = None) -> tuple[dict[str, PackedLayer], float | None]:
+    """Fine-tune a model whose layers were swapped for trainable low-bit ones, then convert them.
+
+    ``kd = (alpha, temperature)`` trains with the distillation engine against
+    ``ctx.teacher`` instead of on ``ctx.loss_fn``: the fake-quant layers are plain modules,
+    so the engine trains them like any student.
+    """
     from ..prune.hooks import fine_tune
 
     final_loss = None
-    if steps:
+    if steps and kd is not None:
+        from ..distill.engine import distill, split_batch
+        from ..distill.losses import kd_loss
+
+        alpha, temperature = kd
+        teacher = ctx.need("teacher", what)
+        result = distill(model, teacher, ctx.need("train_data", what), steps=steps, lr=lr, optimizer="adam",
+                         schedule="constant", seed=ctx.seed, device=ctx.device, progress=ctx.progress, desc=what,
+                         loss=lambda s, t, b: kd_loss(s, t, split_batch(b)[1], temperature=temperature, alpha=alpha))
+        losses = result.losses
+    elif steps:
         losses = fine_tune(model, ctx, steps, lr=lr, what=what)
+    if steps:
         tail = losses[-max(1, len(losses) // 10):]
         final_loss = round(sum(tail) / len(tail), 6)
     packed = {}
@@ -302,7 +326,9 @@ def qat(model: nn.Module, config: QAT, targets: Targets, ctx: Context) -> Record
         layers[name] = qat_layer(module, config.bits, config.act_bits, config.weight_quant, config.act_quant)
         swap(model, name, layers[name])
     calibrate(model, list(layers.values()), ctx, config.calib_batches, config.kind)
-    packed, final_loss = train_and_convert(model, layers, ctx, config.steps, config.lr, config.kind, config.storage)
+    kd = None if config.kd_alpha is None else (config.kd_alpha, config.kd_temperature)
+    packed, final_loss = train_and_convert(model, layers, ctx, config.steps, config.lr, config.kind, config.storage,
+                                           kd=kd)
     return packed_record(packed, bits=config.bits, act_bits=config.act_bits if config.act_quant != "none" else None,
                          final_loss=final_loss)
 

@@ -1,0 +1,1 @@
+"""Shrinking shared tables: vocabulary trimming of token-embedding tables."""
