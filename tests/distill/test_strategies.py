@@ -19,14 +19,6 @@ from slimkit.distill.engine import CHECKPOINT_FILE, distill
 from slimkit.distill.losses import kd_loss
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _mlp(seed: int, width: int = 16, dropout: float = 0.0, n_in: int = 6, n_out: int = 3) -> nn.Module:
     torch.manual_seed(seed)
     return nn.Sequential(nn.Linear(n_in, width), nn.ReLU(), nn.Dropout(dropout), nn.Linear(width, n_out))

@@ -113,14 +113,20 @@ def deviation(runtime: nn.Module, model: nn.Module, batch: Batch) -> dict[str, f
     return {"max_abs_diff": float((got - ref).abs().max()), "mean_cosine": float(cos.mean())}
 
 
-@register_method(OnnxExport)
-def onnx_export(model: nn.Module, config: OnnxExport, targets: Targets, ctx: Context) -> Record:
+def export_dir(ctx: Context, kind: str, file: str) -> Path:
+    """The folder an export step writes into (``ctx.extras["export_dir"]``, set by ``slimkit compress``)."""
     out_dir = ctx.extras.get("export_dir")
     if out_dir is None:
-        raise MethodError(f"{config.kind} needs Context.extras['export_dir'], the folder to write {config.file} into")
+        raise MethodError(f"{kind} needs Context.extras['export_dir'], the folder to write {file} into")
+    return Path(out_dir)
+
+
+@register_method(OnnxExport)
+def onnx_export(model: nn.Module, config: OnnxExport, targets: Targets, ctx: Context) -> Record:
+    out_dir = export_dir(ctx, config.kind, config.file)
     batch = ctx.need("example_inputs", config.kind)
     calib = list(ctx.calib_data)[: config.calib_batches] if (config.int8 == "static" and ctx.calib_data) else None
-    info = write_onnx(model, batch, Path(out_dir) / config.file, int8=config.int8, per_channel=config.per_channel,
+    info = write_onnx(model, batch, out_dir / config.file, int8=config.int8, per_channel=config.per_channel,
                       exclude=config.exclude, optimize=config.optimize, calib=calib, calibration=config.calibration,
                       opset=config.opset, atol=config.atol)
     summary = {k: info[k] for k in ("file", "int8", "bytes", "max_abs_diff_float") if k in info}

@@ -223,12 +223,12 @@ class Pt2eExport(MethodConfig):
 
 @register_method(Pt2eExport)
 def pt2e_export(model: nn.Module, config: Pt2eExport, targets: Targets, ctx: Context) -> Record:
-    out_dir = ctx.extras.get("export_dir")
-    if out_dir is None:
-        raise MethodError(f"{config.kind} needs Context.extras['export_dir'], the folder to write {config.file} into")
+    from .artifact import export_dir
+
+    out_dir = export_dir(ctx, config.kind, config.file)
     batch = ctx.need("example_inputs", config.kind)
     static = config.int8 == "static"
     calib = list(ctx.calib_data)[: config.calib_batches] if (static and ctx.calib_data) else None
-    info = write_pt2e(model, batch, Path(out_dir) / config.file, static=static, calib=calib, check=config.check)
+    info = write_pt2e(model, batch, out_dir / config.file, static=static, calib=calib, check=config.check)
     summary = {k: info[k] for k in ("file", "int8", "bytes", "mean_cosine") if k in info}
     return Record(kind=config.kind, data=info, summary=summary)
