@@ -6,7 +6,8 @@ same recipe can run against different data or devices.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import torch
 from torch import nn
@@ -49,19 +50,39 @@ class Context:
         return value
 
 
+def batch_args(batch: Batch) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """``(args, kwargs)`` a model is called with: a dict is keyword arguments, a tuple/list
+    positional ones, anything else the single positional argument."""
+    if isinstance(batch, dict):
+        return (), dict(batch)
+    if isinstance(batch, (tuple, list)):
+        return tuple(batch), {}
+    return (batch,), {}
+
+
 def call_model(model: nn.Module, batch: Batch) -> Any:
     """Call ``model`` on a batch given as tensor, tuple/list of tensors or dict of kwargs."""
-    if isinstance(batch, dict):
-        return model(**batch)
-    if isinstance(batch, (tuple, list)):
-        return model(*batch)
-    return model(batch)
+    args, kwargs = batch_args(batch)
+    return model(*args, **kwargs)
 
 
-def forward_batches(model: nn.Module, batches: Iterable[Batch]) -> int:
+def to_device(obj: Any, device: torch.device) -> Any:
+    """Move a tensor / tuple / list / dict (or an object with ``.to``) to ``device``."""
+    if isinstance(obj, torch.Tensor) or hasattr(obj, "to"):
+        return obj.to(device)
+    if isinstance(obj, dict):
+        return {k: to_device(v, device) for k, v in obj.items()}
+    if isinstance(obj, (tuple, list)):
+        return type(obj)(to_device(v, device) for v in obj)
+    return obj
+
+
+def forward_batches(model: nn.Module, batches: Iterable[Batch], hooks: Iterable[Any] = ()) -> int:
     """Run ``model`` over ``batches`` in eval mode without gradients (for calibration hooks).
 
-    The training flag is restored afterwards; returns the number of batches run.
+    ``hooks`` are the handles of the calibration hooks the caller registered; they are
+    removed afterwards, as the training flag is restored, even when a forward fails.
+    Returns the number of batches run.
     """
     was_training = model.training
     model.eval()
@@ -73,4 +94,6 @@ def forward_batches(model: nn.Module, batches: Iterable[Batch]) -> int:
                 n += 1
     finally:
         model.train(was_training)
+        for h in hooks:
+            h.remove()
     return n

@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from ..core.api import atomic_write
-from ..core.context import Batch, call_model
+from ..core.context import Batch, call_model, to_device
 from ..core.errors import MethodError
 from . import parallel
 
@@ -76,17 +76,6 @@ def split_batch(batch: Batch) -> tuple[Batch, torch.Tensor | None]:
         rest = {k: v for k, v in batch.items() if k != "labels"}
         return rest, batch["labels"]
     return batch, None
-
-
-def to_device(obj: Any, device: torch.device) -> Any:
-    """Move a tensor / tuple / list / dict (or an object with ``.to``) to ``device``."""
-    if isinstance(obj, torch.Tensor) or hasattr(obj, "to"):
-        return obj.to(device)
-    if isinstance(obj, dict):
-        return {k: to_device(v, device) for k, v in obj.items()}
-    if isinstance(obj, (tuple, list)):
-        return type(obj)(to_device(v, device) for v in obj)
-    return obj
 
 
 def lr_lambda(schedule: Schedule, steps: int, warmup: int) -> Callable[[int], float]:

@@ -264,11 +264,7 @@ def linear_input_stats(model: nn.Module, layers: list[tuple[str, nn.Linear]], ba
 
     for name, lin in layers:
         handles.append(lin.register_forward_pre_hook(make(name, lin)))
-    try:
-        forward_batches(model, batches)
-    finally:
-        for h in handles:
-            h.remove()
+    forward_batches(model, batches, handles)
     return stats
 
 

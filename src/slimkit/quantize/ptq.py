@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from ..core import Context, MethodConfig, MethodError, Record, Targets, method_config, register_method
-from ..core.context import call_model
+from ..core.context import forward_batches
 from ..core.registry import register_replay
 from ..measure.counter import register_mac_formula
 from .affine import qparams
@@ -131,16 +131,7 @@ def calibrate_ranges(model: nn.Module, modules: list[tuple[str, nn.Module]], bat
             obs[name][0].observe(args[0])
             obs[name][1].observe(out)
         hooks.append(mod.register_forward_hook(hook))
-    was = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            for b in batches:
-                call_model(model, b)
-    finally:
-        model.train(was)
-        for h in hooks:
-            h.remove()
+    forward_batches(model, batches, hooks)
     return obs
 
 

@@ -119,11 +119,7 @@ def capture_inputs(model: nn.Module, layers: dict[str, nn.Module], batches: list
         return fn
 
     handles = [m.register_forward_hook(hook(n)) for n, m in layers.items()]
-    try:
-        forward_batches(model, batches)
-    finally:
-        for h in handles:
-            h.remove()
+    forward_batches(model, batches, handles)
     return stats
 
 

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..core.context import call_model
+from ..core.context import call_model, to_device
 from ..core.errors import DataError
 
 if TYPE_CHECKING:
@@ -64,16 +64,6 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
     finally:
         model.train(was)
 
-
-def to_device(batch: Any, device: torch.device) -> Any:
-    """Move a tensor / tuple / list / dict batch to ``device`` (task data is built on the CPU)."""
-    if isinstance(batch, torch.Tensor):
-        return batch.to(device)
-    if isinstance(batch, dict):
-        return {k: to_device(v, device) for k, v in batch.items()}
-    if isinstance(batch, (tuple, list)):
-        return type(batch)(to_device(v, device) for v in batch)
-    return batch
 
 
 def model_device(model: nn.Module) -> torch.device:
