@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from ..core import Context, MethodConfig, Record, Targets, method_config, register_method
-from ..core.context import Batch
+from ..core.context import Batch, batch_args
 from ..core.errors import ArtifactError, MethodError
 
 
@@ -38,14 +38,6 @@ def _torchao_pt2e() -> Any:
     except ImportError as e:  # pragma: no cover - depends on the environment
         raise MethodError("the PT2E int8 backend needs torchao: pip install 'slimkit[int8]'") from e
     return quantize_pt2e, xiq
-
-
-def _kwargs_of(batch: Batch) -> tuple[tuple[Any, ...], dict[str, Any]]:
-    if isinstance(batch, dict):
-        return (), dict(batch)
-    if isinstance(batch, (tuple, list)):
-        return tuple(batch), {}
-    return (batch,), {}
 
 
 def max_positions(model: nn.Module, default: int = 4096) -> int:
@@ -72,20 +64,20 @@ def dynamic_shapes_for(batch: Batch, max_seq: int = 4096) -> Any:
             d[1] = t
         return d
 
-    args, kwargs = _kwargs_of(batch)
+    args, kwargs = batch_args(batch)
     if kwargs:
         return {k: dims(v) for k, v in kwargs.items()}
     return tuple(dims(a) for a in args)
 
 
 def _shapes(batch: Batch) -> list[tuple[int, ...]]:
-    args, kwargs = _kwargs_of(batch)
+    args, kwargs = batch_args(batch)
     return [tuple(x.shape) for x in (*args, *kwargs.values()) if isinstance(x, torch.Tensor)]
 
 
 def has_token_inputs(batch: Batch) -> bool:
     """Whether any input is a 2-D integer tensor (token ids / attention mask)."""
-    args, kwargs = _kwargs_of(batch)
+    args, kwargs = batch_args(batch)
     return any(isinstance(x, torch.Tensor) and x.dim() == 2 and not x.is_floating_point()
                for x in (*args, *kwargs.values()))
 
@@ -120,7 +112,7 @@ def quantize_pt2e(model: nn.Module, example_inputs: Batch, calib: Iterable[Batch
         raise MethodError("static PT2E int8 needs calibration batches (Context.calib_data or --task)")
     was = model.training
     model.eval()
-    args, kwargs = _kwargs_of(example_inputs)
+    args, kwargs = batch_args(example_inputs)
     if dynamic_shapes is None:
         dynamic_shapes = has_token_inputs(example_inputs)
     ds = dynamic_shapes_for(example_inputs, max_positions(model)) if dynamic_shapes else None
@@ -135,7 +127,7 @@ def quantize_pt2e(model: nn.Module, example_inputs: Batch, calib: Iterable[Batch
             graph = torch.export.export(model, args, kwargs, dynamic_shapes=ds).module()
             prepared = quantize_pt2e_mod.prepare_pt2e(graph, _quantizer(xiq, static))
             for batch in calib if static else calib[:1]:
-                a, k = _kwargs_of(batch)
+                a, k = batch_args(batch)
                 prepared(*a, **k)
             converted = quantize_pt2e_mod.convert_pt2e(prepared)
             return torch.export.export(converted, args, kwargs, dynamic_shapes=ds)
@@ -169,17 +161,18 @@ class Pt2eModel(nn.Module):
             if not path.is_file():
                 raise ArtifactError(f"{path} not found")
             program = torch.export.load(str(path))
+        from torch._inductor import config  # imported here, not when slimkit registers its methods
+
         module = program.module()
         self._fn = [torch.compile(module) if compile else module]  # a list keeps it out of the module tree
+        self._inductor = config
         self._config = {"freezing": True, "cpp_wrapper": cpp_wrapper}
 
     def forward(self, *args: Any, **kwargs: Any) -> torch.Tensor:
         # freezing (weights as constants) is what lets Inductor pre-pack the int8 weights
         # and match the oneDNN int8 kernels; it must be set while a shape compiles (passing
         # it as a compile option instead fails on the pre-pack ops under fake tensors)
-        from torch._inductor import config
-
-        with torch.no_grad(), config.patch(self._config):
+        with torch.no_grad(), self._inductor.patch(self._config):
             return self._fn[0](*args, **kwargs)
 
 
