@@ -26,14 +26,18 @@ def data_dir() -> Path:
     return Path(value)
 
 
-@pytest.fixture
-def one_thread() -> Iterator[None]:
-    """Run a test on one intra-op thread: tiny tensors are fastest there, and on a shared
-    machine two threads waiting for each other can make a 10 ms step take 300 ms."""
+def _single_thread() -> Iterator[None]:
+    """One intra-op thread: tiny tensors are fastest there, and on a shared machine two
+    threads waiting for each other can make a 10 ms step take 300 ms."""
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+# one test at a time, or a whole module (``pytestmark = pytest.mark.usefixtures("one_thread_module")``)
+one_thread = pytest.fixture(_single_thread)
+one_thread_module = pytest.fixture(_single_thread, scope="module")
 
 
 @pytest.fixture

@@ -35,15 +35,7 @@ import slimkit
 from slimkit.cli.main import main as cli_main
 from slimkit.core import ConfigError, Context, Recipe, call_model, config_class
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread is fastest, and on a shared machine two threads
-    waiting for each other can make a 10 ms step take 300 ms."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread_module")
 
 
 # -- tiny models ---------------------------------------------------------------------------------

@@ -2,15 +2,9 @@
 one thread keeps float summation order (and the timing of the whole folder) stable."""
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
-import torch
 
 
 @pytest.fixture(autouse=True, scope="module")
-def _one_thread_per_module() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _one_thread_per_module(one_thread_module: None) -> None:
+    """Every module here uses the shared module-scoped single-thread fixture."""

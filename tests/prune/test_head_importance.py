@@ -16,15 +16,7 @@ from slimkit.prune.structured import head_gate_importance, head_projections
 
 from .models import FACTORIES
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread is fastest, and on a shared machine two threads
-    waiting for each other can make a 10 ms step take 300 ms."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread_module")
 
 
 W = torch.tensor([[1.0, 2.0, -1.0, 0.5], [0.0, -3.0, 2.0, 1.0]])  # o-proj weight [out=2, in=4]
