@@ -45,5 +45,34 @@ def pruning() -> str:
     return "\n".join(rows)
 
 
+COMPARE = (("compare_minilm.json", "zoo:minilm-l6", [("stsb", "STS-B x100", ".2f"), ("sst2", "SST-2 probe", ".3f")]),
+           ("compare_efficientnet.json", "zoo:efficientnet-lite0",
+            [("accuracy", "top-1 %", ".1f"), ("agreement", "agreement %", ".1f")]),
+           ("compare_digits.json", "zoo:digits-cnn", [("accuracy", "accuracy", ".4f")]))
+
+
+def compare() -> str:
+    """README view of the comparison suite: one compact table per model (from compare_*.json)."""
+    out = []
+    for name, model, metrics in COMPARE:
+        rep = _load(name)
+        if rep is None:
+            continue
+        out += [f"**{model}** (`{rep['command']}`, {rep['date']}; {rep['machine']})", "",
+                "| variant | MB | x smaller | speed-up b=1 | speed-up b=32 | " + " | ".join(h for _, h, _ in metrics) + " |",
+                "|---|---|---|---|---|" + "---|" * len(metrics)]
+        ref = rep["rows"][0]["file_bytes"]
+        for r in rep["rows"]:
+            lat = {int(k): v for k, v in r["latency"].items()}
+            sp = [f"{lat[b]['speedup']:.2f}x" if b in lat else "-" for b in (1, 32)]
+            mb = f"{r['file_bytes'] / 1e6:.3g}" if r["file_bytes"] else "-"
+            small = f"{ref / r['file_bytes']:.1f}x" if r["file_bytes"] and ref else "-"
+            ms = [format(r["metrics"][k], f) if k in r["metrics"] else "-" for k, _, f in metrics]
+            label = f"**{r['name']}**" if r["who"] == "slimkit" else r["name"]
+            out.append(f"| {label} | {mb} | {small} | {sp[0]} | {sp[1]} | " + " | ".join(ms) + " |")
+        out.append("")
+    return "\n".join(out)
+
+
 if __name__ == "__main__":
-    print({"pruning": pruning}[sys.argv[1] if len(sys.argv) > 1 else "pruning"]())
+    print({"pruning": pruning, "compare": compare}[sys.argv[1] if len(sys.argv) > 1 else "pruning"]())

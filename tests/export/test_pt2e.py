@@ -58,6 +58,10 @@ def test_static_int8_token_model_serves_any_shape_and_round_trips(tmp_path) -> N
     targets = {str(n.target) for n in program.graph.nodes if n.op == "call_function"}
     assert any("quantize_per_channel" in t for t in targets)  # int8 weights
     assert any("quantize_per_tensor" in t for t in targets)  # static uint8 activations
+    stored = {k: v for k, v in [*program.state_dict.items(), *program.constants.items()] if isinstance(v, torch.Tensor)}
+    float_mats = [k for k, v in stored.items() if v.is_floating_point() and v.dim() == 2 and "emb" not in k]
+    assert not float_mats  # the float originals of the int8 weights are not carried along
+    assert sum(v.dtype == torch.int8 and v.dim() == 2 for v in stored.values()) == 4
     q = Pt2eModel(program)
     for b, t in ((1, 5), (3, 11), (16, 20)):  # shapes never seen in calibration or export
         x = _tokens(b, t, 100 + b)
@@ -98,3 +102,16 @@ def test_export_step_and_cli(tmp_path, data_dir, capsys) -> None:
     assert doc["int8"] == "static" and doc["int8_ops"] >= 3 and doc["mean_cosine"] > 0.99
     assert (tmp_path / "m" / "model.pt2").is_file()
     assert main(["export", str(tmp_path / "m"), "--format", "pt2e"]) == 2  # static needs --task
+
+
+def test_batch_one_example_still_gives_a_symbolic_batch() -> None:
+    # what `slimkit compress` hands the export step: Context.example_inputs at batch 1
+    torch.manual_seed(0)
+    m = TinyEncoder().eval()
+    calib = [_tokens(4, t, s) for s, t in enumerate((6, 9))]
+    q = Pt2eModel(quantize_pt2e(m, _tokens(1, 8, 0), calib, static=True))
+    for b, t in ((1, 8), (5, 13)):
+        x = _tokens(b, t, 50 + b)
+        with torch.no_grad():
+            ref = m(**x)
+        assert float(nn.functional.cosine_similarity(q(**x), ref).mean()) > 0.98

@@ -106,3 +106,27 @@ def test_sst2_probe_on_a_prefix(minilm: zoo.ZooModel, data_dir: Path) -> None:
         zoo.get_task("sst2-probe").evaluate(minilm.model)  # a bare module has no tokenizer
     with pytest.raises(DataError, match="text"):
         zoo.get_task("stsb").check_model(zoo.load("zoo:digits-cnn"))
+
+
+@pytest.mark.data
+def test_unlabeled_corpus_is_train_only_bucketed_and_lazy(minilm: zoo.ZooModel, data_dir: Path) -> None:
+    from slimkit.zoo.data import read_sst2, read_stsb
+    from slimkit.zoo.task_base import Deferred
+    from slimkit.zoo.text_tasks import unlabeled_sentences
+
+    texts = unlabeled_sentences()
+    assert len(texts) == len(set(texts)) > 60_000
+    test_side = set(read_stsb("test")[0]) | set(read_sst2("test")[0])
+    assert not test_side & set(texts)  # no evaluation sentence is distillation data
+    train_side = set(read_stsb("train")[0]) | set(read_sst2("train")[0])
+    assert len(train_side & set(texts)) > 0.99 * len(train_side - test_side)
+    built = []
+    corpus = zoo.get_task("stsb").unlabeled_batches(minilm, 64)
+    assert isinstance(corpus, Deferred)
+    corpus._build = (lambda f: (lambda: built.append(1) or f()))(corpus._build)
+    first = corpus[0]
+    assert built == [1] and len(corpus) == -(-len(texts) // 64) and built == [1]  # built once, on first use
+    widths = [b["input_ids"].shape[1] for b in corpus.items[:50]]
+    padding = [float((b["attention_mask"] == 0).float().mean()) for b in corpus.items[:50]]
+    assert max(widths) <= 64 and max(padding) < 0.35  # length buckets: little padding
+    assert set(first) == {"input_ids", "attention_mask"}

@@ -30,6 +30,7 @@ def context_for(zm: "zoo.ZooModel", task: "zoo.Task | None", *, calib_batches: i
     if task.has_training:
         ctx.train_data = task.train_batches(zm, batch_size, seed=seed)
         ctx.loss_fn = task.loss_fn
+    ctx.unlabeled_data = task.unlabeled_batches(zm, 64, seed=seed)
     ctx.eval_fn = lambda model: task.evaluate(model, zm)
     ctx.teacher = zm.model
     return ctx

@@ -23,6 +23,9 @@ class Context:
 
     - ``calib_data``: batches for calibration / importance estimation (forward only).
     - ``train_data``: batches ``(inputs, target)`` or dicts for fine-tuning and distillation.
+    - ``unlabeled_data``: input-only batches of a larger unlabelled corpus (e.g. every
+      training sentence a task has), for distillation that needs no labels; may be a lazy
+      sequence that builds its batches on first use.
     - ``eval_data``: batches for evaluation inside training loops.
     - ``loss_fn(model, batch) -> scalar tensor``: the training loss; needed by gradient-based
       importance (Taylor, OBD, movement) and fine-tuning.
@@ -32,6 +35,7 @@ class Context:
 
     calib_data: Iterable[Batch] | None = None
     train_data: Iterable[Batch] | None = None
+    unlabeled_data: Iterable[Batch] | None = None
     eval_data: Iterable[Batch] | None = None
     teacher: nn.Module | None = None
     loss_fn: Callable[[nn.Module, Batch], torch.Tensor] | None = None

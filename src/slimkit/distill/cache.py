@@ -9,13 +9,15 @@ top-K carry almost no teacher mass, which is what makes the approximation cheap)
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable
+import sys
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..core.context import Batch, call_model
+from ..core.context import Batch, call_model, to_device
 from ..core.errors import MethodError
 from .losses import kd_loss
 
@@ -73,6 +75,49 @@ def cache_teacher_topk(teacher: nn.Module, batches: Iterable[Batch], k: int) -> 
     return out
 
 
+def _compact(x: Any) -> Any:
+    """Float tensors of rank >= 3 (token states) kept as fp16 on CPU, the rest as float on CPU."""
+    if isinstance(x, torch.Tensor):
+        x = x.detach().to("cpu")
+        return x.half() if x.is_floating_point() and x.dim() >= 3 else x
+    if isinstance(x, (list, tuple)):
+        return type(x)(_compact(v) for v in x)
+    if isinstance(x, dict):
+        return {k: _compact(v) for k, v in x.items()}
+    return x
+
+
+def cache_outputs(teacher: nn.Module, batches: Iterable[Batch], device: str | torch.device = "cpu", *,
+                  progress: bool = False) -> list[Any]:
+    """Run ``teacher`` once over ``batches`` and keep its outputs (one entry per batch, in order).
+
+    For ``distill(..., teacher_cache=...)`` with the same batches, which must then come in
+    the same order on every pass (a list, not a reshuffling stream). Token-level states
+    (rank >= 3 float tensors) are stored in fp16 to halve the memory; losses upcast them.
+    """
+    from .engine import split_batch
+
+    if not isinstance(batches, Sequence):
+        raise MethodError("cache_teacher needs the data as a sequence of batches (the same order every pass), "
+                          f"got {type(batches).__name__}")
+    was_training = teacher.training
+    teacher.to(device).eval()
+    out: list[Any] = []
+    items = batches
+    if progress:
+        from tqdm import tqdm  # type: ignore[import-untyped]
+
+        items = tqdm(batches, desc="teacher cache", file=sys.stderr, leave=False)
+    try:
+        with torch.no_grad():
+            for batch in items:
+                inputs, _ = split_batch(batch)
+                out.append(_compact(call_model(teacher, to_device(inputs, torch.device(device)))))
+    finally:
+        teacher.train(was_training)
+    return out
+
+
 def kd_with(student_logits: torch.Tensor, teacher_out: torch.Tensor | TopK, labels: torch.Tensor | None = None,
             *, temperature: float = 4.0, alpha: float = 0.5) -> torch.Tensor:
     """Hinton KD against full teacher logits or a cached :class:`TopK`.
@@ -93,4 +138,4 @@ def kd_with(student_logits: torch.Tensor, teacher_out: torch.Tensor | TopK, labe
     return alpha * soft + (1.0 - alpha) * F.cross_entropy(student_logits, labels)
 
 
-__all__ = ["TopK", "cache_teacher_topk", "kd_with", "topk_of"]
+__all__ = ["TopK", "cache_outputs", "cache_teacher_topk", "kd_with", "topk_of"]

@@ -5,14 +5,22 @@
   ``top_k`` switches to the offline teacher cache: the teacher runs once over the data
   and KD uses its top-K renormalised probabilities.
 - ``distill.embedding``: align a sentence-embedding student with the teacher's embeddings
-  (``1 - cos`` or MSE), e.g. after pruning MiniLM. Unlabelled inputs suffice, so it falls
-  back to ``ctx.calib_data`` when there is no ``train_data``.
+  (``1 - cos`` or MSE), e.g. after pruning MiniLM. Unlabelled inputs suffice: ``data: auto``
+  takes ``ctx.unlabeled_data`` (a task's whole unlabelled corpus), else ``train_data``, else
+  ``calib_data``. ``cache_teacher`` runs the teacher once over the data instead of every
+  step (the loop then costs only the student). ``hidden > 0`` adds TinyBERT-style
+  intermediate supervision: each student block's token states follow a teacher block's
+  (uniform mapping: student block k of S <-> teacher block ``(k+1)*T/S - 1``; per-token
+  ``1 - cos`` over the attention mask), which tells a depth-pruned student what every
+  block should compute, not just the pooled result.
 
 Both only change weights (stage ``train``), so they need no replay: ``slimkit.restore``
 loads the trained weights into the structure earlier records rebuilt.
 """
 from __future__ import annotations
 
+import dataclasses
+import fnmatch
 from typing import Any, Literal
 
 import torch
@@ -20,9 +28,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..core import Context, MethodConfig, MethodError, Record, Targets, method_config, register_method
-from .cache import cache_teacher_topk, kd_with
+from .cache import cache_outputs, cache_teacher_topk, kd_with
 from .engine import DistillResult, distill, split_batch
 from .losses import cosine_loss
+from .strategies import FeatureTap
 
 
 @method_config
@@ -45,6 +54,7 @@ class _TrainOptions(MethodConfig):
     patience: int | None = None
     keep_best: bool = False
     seed: int | None = None  # None: ctx.seed
+    freeze: tuple[str, ...] = ()  # fnmatch patterns of parameter names left untrained
 
     def validate(self) -> None:
         self._require(self.steps > 0, "steps", "a positive int", self.steps)
@@ -57,6 +67,8 @@ class _TrainOptions(MethodConfig):
         self._require(self.eval_every is None or self.eval_every > 0, "eval_every", "a positive int or null",
                       self.eval_every)
         self._require(self.patience is None or self.patience > 0, "patience", "a positive int or null", self.patience)
+        self._require(all(isinstance(p, str) and p for p in self.freeze), "freeze",
+                      "a list of parameter-name patterns", self.freeze)
 
 
 @method_config
@@ -83,15 +95,56 @@ class DistillEmbedding(_TrainOptions):
     kind = "distill.embedding"
 
     loss: Literal["cosine", "mse"] = "cosine"
+    data: Literal["auto", "unlabeled", "train", "calib"] = "auto"
+    cache_teacher: bool = False
+    hidden: float = 0.0
+
+    def validate(self) -> None:
+        super().validate()
+        self._require(self.hidden >= 0, "hidden", "a float >= 0", self.hidden)
 
 
 def _run(model: nn.Module, config: _TrainOptions, ctx: Context, data: Any, loss: Any,
-         teacher_cache: list[Any] | None = None) -> DistillResult:
+         teacher_cache: list[Any] | None = None, *, names_of: nn.Module | None = None) -> DistillResult:
+    """Train ``model``; ``freeze`` patterns name parameters of ``names_of`` (default: ``model``),
+    the user's model when ``model`` is a training wrapper around it."""
     teacher = ctx.teacher
     if teacher is None:
         raise MethodError(f"{config.kind} needs Context.teacher (e.g. the uncompressed model), which is not set")
     if (config.keep_best or config.patience) and ctx.eval_fn is None:
         raise MethodError(f"{config.kind}: keep_best / patience need Context.eval_fn, which is not set")
+    frozen = frozen_parameters(names_of or model, config.freeze, config.kind)
+    try:
+        for p in frozen:
+            p.requires_grad_(False)
+        return _distill(model, config, ctx, data, loss, teacher, teacher_cache)
+    finally:
+        for p in frozen:
+            p.requires_grad_(True)
+
+
+def frozen_parameters(model: nn.Module, patterns: tuple[str, ...], kind: str) -> list[nn.Parameter]:
+    """Trainable parameters whose names match ``patterns`` (each pattern must match one).
+
+    Freezing e.g. a student's word embeddings keeps every token, also those the training
+    corpus never shows, in the teacher's input space, and skips the optimizer update of the
+    largest table (about a quarter of a MiniLM step).
+    """
+    if not patterns:
+        return []
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    out = []
+    for pat in patterns:
+        hits = [p for n, p in named if fnmatch.fnmatchcase(n, pat)]
+        if not hits:
+            raise MethodError(f"{kind}: freeze pattern {pat!r} matches no trainable parameter "
+                              f"(names look like {[n for n, _ in named[:3]]})")
+        out += [p for p in hits if all(p is not q for q in out)]
+    return out
+
+
+def _distill(model: nn.Module, config: _TrainOptions, ctx: Context, data: Any, loss: Any, teacher: nn.Module,
+             teacher_cache: list[Any] | None) -> DistillResult:
     return distill(
         model, teacher, data, loss=loss, steps=config.steps, lr=config.lr, optimizer=config.optimizer,
         weight_decay=config.weight_decay, schedule=config.schedule, warmup=config.warmup,
@@ -127,19 +180,82 @@ def distill_logits(model: nn.Module, config: DistillLogits, targets: Targets, ct
     return _record(config.kind, _run(model, config, ctx, data, loss, cache))
 
 
+def _embedding_data(config: DistillEmbedding, ctx: Context) -> Any:
+    order = {"auto": ("unlabeled_data", "train_data", "calib_data"), "unlabeled": ("unlabeled_data",),
+             "train": ("train_data",), "calib": ("calib_data",)}[config.data]
+    for attr in order:
+        if getattr(ctx, attr) is not None:
+            return getattr(ctx, attr)
+    names = " or ".join(f"Context.{a}" for a in order)
+    raise MethodError(f"{config.kind} (data: {config.data}) needs {names} (inputs suffice); none is set")
+
+
+class _WithBlocks(nn.Module):
+    """``forward -> (model output, [output of each chosen block])`` (the student's keep their graph)."""
+
+    def __init__(self, model: nn.Module, blocks: list[str]) -> None:
+        super().__init__()
+        self.model, self.blocks = model, blocks
+
+    def forward(self, *args: Any, **kwargs: Any) -> tuple[Any, list[torch.Tensor]]:
+        with FeatureTap(self.model, self.blocks) as tap:
+            out = self.model(*args, **kwargs)
+        return out, [tap.outputs[b] for b in self.blocks]
+
+
+def block_pairs(student: nn.Module, teacher: nn.Module) -> tuple[list[str], list[str]]:
+    """Names of the student's blocks and of the teacher blocks they follow (uniform depth mapping)."""
+    from ..prune.layers import find_block_lists
+
+    paths = find_block_lists(student, Targets())
+    if len(paths) != 1 or not isinstance(teacher.get_submodule(paths[0]), nn.ModuleList):
+        raise MethodError(f"distill.embedding hidden: need one block list shared by student and teacher, found {paths}")
+    n_s, n_t = len(student.get_submodule(paths[0])), len(teacher.get_submodule(paths[0]))
+    t_idx = [max(0, round((k + 1) * n_t / n_s) - 1) for k in range(n_s)]
+    return [f"{paths[0]}.{k}" for k in range(n_s)], [f"{paths[0]}.{j}" for j in t_idx]
+
+
+def token_cosine_loss(s: torch.Tensor, t: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Mean ``1 - cos`` between token vectors ``[B, T, H]`` at the kept (mask != 0) positions."""
+    cos = F.cosine_similarity(s, t.to(s.dtype), dim=-1)  # [B, T]
+    if mask is None:
+        return (1 - cos).mean()
+    m = mask.to(cos.dtype)
+    return ((1 - cos) * m).sum() / m.sum().clamp(min=1)
+
+
 @register_method(DistillEmbedding)
 def distill_embedding(model: nn.Module, config: DistillEmbedding, targets: Targets, ctx: Context) -> Record:
-    data = ctx.train_data if ctx.train_data is not None else ctx.calib_data
-    if data is None:
-        raise MethodError(f"{config.kind} needs Context.train_data or Context.calib_data (inputs suffice), neither is set")
+    data = _embedding_data(config, ctx)
+    teacher = ctx.teacher
+    if teacher is None:
+        raise MethodError(f"{config.kind} needs Context.teacher (e.g. the uncompressed model), which is not set")
 
-    def loss(s_out: torch.Tensor, t_out: torch.Tensor, batch: Any) -> torch.Tensor:
+    def emb_loss(s_out: torch.Tensor, t_out: torch.Tensor) -> torch.Tensor:
         if s_out.shape != t_out.shape:
             raise MethodError(f"{config.kind}: student embeddings {tuple(s_out.shape)} and teacher "
                               f"{tuple(t_out.shape)} differ in shape")
         return cosine_loss(s_out, t_out) if config.loss == "cosine" else F.mse_loss(s_out, t_out)
 
-    return _record(config.kind, _run(model, config, ctx, data, loss))
+    student, run_ctx = model, ctx
+    if config.hidden > 0:
+        s_blocks, t_blocks = block_pairs(model, teacher)
+        student = _WithBlocks(model, s_blocks)
+        # the engine evaluates what it trains: hand eval_fn the bare student, not the wrapper
+        eval_fn = None if ctx.eval_fn is None else (lambda _wrapped: ctx.eval_fn(model))
+        run_ctx = dataclasses.replace(ctx, teacher=_WithBlocks(teacher, t_blocks), eval_fn=eval_fn)
+
+        def loss(s_out: Any, t_out: Any, batch: Any) -> torch.Tensor:
+            inputs, _ = split_batch(batch)
+            mask = inputs.get("attention_mask") if isinstance(inputs, dict) else None
+            hid = sum(token_cosine_loss(s, t, mask) for s, t in zip(s_out[1], t_out[1])) / len(s_out[1])
+            return emb_loss(s_out[0], t_out[0]) + config.hidden * hid
+    else:
+        def loss(s_out: Any, t_out: Any, batch: Any) -> torch.Tensor:
+            return emb_loss(s_out, t_out)
+
+    cache = cache_outputs(run_ctx.teacher, data, ctx.device, progress=ctx.progress) if config.cache_teacher else None
+    return _record(config.kind, _run(student, config, run_ctx, data, loss, cache, names_of=model))
 
 
-__all__ = ["DistillEmbedding", "DistillLogits", "distill_embedding", "distill_logits"]
+__all__ = ["DistillEmbedding", "DistillLogits", "block_pairs", "distill_embedding", "distill_logits", "token_cosine_loss"]

@@ -111,6 +111,32 @@ class LazyBatches(SequenceABC):
         return self.make(self.slices[i])
 
 
+class Deferred(SequenceABC):
+    """A sequence whose items ``build()`` makes on first access (then kept).
+
+    Lets a Context offer an expensive corpus (tokenising 70 k sentences) that only the
+    methods which use it pay for.
+    """
+
+    def __init__(self, build: Callable[[], Sequence[Any]]) -> None:
+        self._build, self._items = build, None
+
+    @property
+    def items(self) -> Sequence[Any]:
+        if self._items is None:
+            self._items = list(self._build())
+        return self._items
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> Any:  # type: ignore[override]
+        return self.items[i]
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self.items)
+
+
 class EpochBatches:
     """A re-iterable, deterministic stream of training batches: ``epochs`` passes, reshuffled per pass.
 
@@ -193,6 +219,10 @@ class Task:
 
     def calibration_batches(self, zm: ZooModel, n_batches: int, batch_size: int) -> list[Any]:
         raise NotImplementedError
+
+    def unlabeled_batches(self, zm: ZooModel, batch_size: int, *, seed: int = 0) -> Sequence[Any] | None:
+        """Input-only batches of the task's whole unlabelled corpus (None: the task has none)."""
+        return None
 
     def train_batches(self, zm: ZooModel, batch_size: int, *, epochs: int = 1, seed: int = 0) -> EpochBatches:
         raise DataError(f"task {self.name!r} has no training data (has_training is False)")

@@ -9,6 +9,7 @@ embeddings of the same sentences (1.0 = unchanged), a direct measure of compress
 """
 from __future__ import annotations
 
+import random
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -19,6 +20,7 @@ from torch import nn
 from ..core.context import call_model
 from ..core.errors import DataError
 from .task_base import (
+    Deferred,
     EpochBatches,
     Task,
     accuracy,
@@ -64,6 +66,38 @@ def embed(model: nn.Module, tokenizer: TextTokenizer, texts: Sequence[str], *, b
     return result
 
 
+def unlabeled_sentences() -> list[str]:
+    """Every distinct *train* and *dev* sentence of STS-B (both sides) and SST-2, in a seeded
+    random order (about 77 k). No labels are used. STS-B reuses sentences across its splits
+    (276 of the 2,901 test sentences also occur in train pairs), so every sentence of either
+    test split is removed: the reported test metrics never see their inputs during distillation."""
+    from .data import read_sst2, read_stsb
+
+    s1, s2 = [], []
+    sst = []
+    for split in ("train", "dev"):
+        a, b, _ = read_stsb(split)
+        s1 += a
+        s2 += b
+        sst += read_sst2(split)[0]
+    t1, t2, _ = read_stsb("test")
+    held_out = {*t1, *t2, *read_sst2("test")[0]}
+    out = [s for s in dict.fromkeys([*s1, *s2, *sst]) if s not in held_out]
+    random.Random(0).shuffle(out)
+    return out
+
+
+def bucketed_batches(tokenizer: TextTokenizer, texts: Sequence[str], batch_size: int, max_length: int = 64,
+                     seed: int = 1) -> list[dict[str, torch.Tensor]]:
+    """Batches of similar-length texts (little padding), the batches in a seeded random order."""
+    lengths = tokenizer.lengths(texts, max_length)
+    order = sorted(range(len(texts)), key=lambda i: (lengths[i], i))
+    batches = [tokenizer.encode([texts[i] for i in order[s:s + batch_size]], max_length)
+               for s in range(0, len(order), batch_size)]
+    random.Random(seed).shuffle(batches)
+    return batches
+
+
 class _TextTask(Task):
     families = ("text",)
 
@@ -82,6 +116,14 @@ class _TextTask(Task):
         texts = self._sentences()
         idx = fixed_subset(len(texts), n_batches * batch_size).tolist()
         return [zm.tokenizer.encode([texts[i] for i in idx[s]], MAX_LENGTH) for s in chunks(len(idx), batch_size)]
+
+    def unlabeled_batches(self, zm: ZooModel, batch_size: int, *, seed: int = 0) -> Deferred:
+        """The train sentences of STS-B and SST-2 (:func:`unlabeled_sentences`), length-bucketed,
+        at most 64 tokens; tokenised on first use."""
+        self.check_model(zm)
+        tok = zm.tokenizer
+        assert tok is not None
+        return Deferred(lambda: bucketed_batches(tok, unlabeled_sentences(), batch_size, 64, seed=seed + 1))
 
 
 def _fidelity(model: nn.Module, reference: nn.Module, zm: ZooModel, texts: Sequence[str],
