@@ -67,19 +67,15 @@ def embed(model: nn.Module, tokenizer: TextTokenizer, texts: Sequence[str], *, b
 
 
 def unlabeled_sentences() -> list[str]:
-    """Every distinct *train* and *dev* sentence of STS-B (both sides) and SST-2, in a seeded
-    random order (about 77 k). No labels are used. STS-B reuses sentences across its splits
-    (276 of the 2,901 test sentences also occur in train pairs), so every sentence of either
-    test split is removed: the reported test metrics never see their inputs during distillation."""
+    """Every distinct *train* sentence of STS-B (both sides) and SST-2, in a seeded random order
+    (about 68 k). No labels are used. STS-B reuses sentences across its splits (276 of the
+    2,901 test sentences also occur in train pairs), so every sentence of either test split
+    is removed: the reported test metrics never see their inputs during distillation.
+    (Adding the dev splits, about 9 k more sentences, measured no better: 79.42 vs 79.64.)"""
     from .data import read_sst2, read_stsb
 
-    s1, s2 = [], []
-    sst = []
-    for split in ("train", "dev"):
-        a, b, _ = read_stsb(split)
-        s1 += a
-        s2 += b
-        sst += read_sst2(split)[0]
+    s1, s2, _ = read_stsb("train")
+    sst, _ = read_sst2("train")
     t1, t2, _ = read_stsb("test")
     held_out = {*t1, *t2, *read_sst2("test")[0]}
     out = [s for s in dict.fromkeys([*s1, *s2, *sst]) if s not in held_out]
