@@ -156,7 +156,7 @@ def drop_unused_attributes(gm: torch.fx.GraphModule) -> torch.fx.GraphModule:
 
     After ``convert_pt2e`` the Linear weights live on as int8 constants, but the float
     originals stay registered on the module; left there, the ``.pt2`` file would carry
-    both (a 3-layer MiniLM program measured 33 MB instead of 12 MB).
+    both (a 3-layer MiniLM program with 4-bit embeddings measured 33.4 MB, 21 MB of it unused float weights).
     """
     used = {str(n.target) for n in gm.graph.nodes if n.op == "get_attr"}
     names = [n for n, _ in gm.named_parameters()] + [n for n, _ in gm.named_buffers()]
