@@ -22,8 +22,7 @@ import sys
 import tempfile
 import time
 import traceback
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +40,7 @@ from slimkit.core import Recipe  # noqa: E402
 from slimkit.export.artifact import write_onnx  # noqa: E402
 from slimkit.export.onnx import OrtModel  # noqa: E402
 from slimkit.export.ort_quant import quantize_dynamic_onnx  # noqa: E402
+from slimkit.measure.latency import fixed_threads  # noqa: E402
 from slimkit.zoo.digits import digits_split  # noqa: E402
 
 PRESETS = ("digits-deep-compression", "digits-fast")
@@ -51,16 +51,6 @@ T0 = time.perf_counter()
 
 def log(msg: str) -> None:
     print(f"[{time.perf_counter() - T0:6.1f}s] {msg}", file=sys.stderr, flush=True)
-
-
-@contextmanager
-def one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def safetensors_bytes(model: nn.Module, spec: str) -> int:
@@ -165,7 +155,7 @@ def main() -> None:
         pruner = tp.pruner.MetaPruner(m, example, importance=tp.importance.MagnitudeImportance(p=1),
                                       pruning_ratio=ratio, ignored_layers=[m.classifier[-1]])
         pruner.step()
-        with one_thread():
+        with fixed_threads(1):
             ctx = context_for(zm, task, progress=False)
             ft = Recipe.from_dict({"name": "tp-finetune", "steps": [
                 {"kind": "distill.logits", "with": {"steps": ft_steps, "lr": 0.001}}]})
@@ -191,7 +181,7 @@ def main() -> None:
                     shrunk.append(copy.deepcopy(model).eval())  # the float module of the served architecture
 
             t = time.perf_counter()
-            with one_thread():
+            with fixed_threads(1):
                 ctx = context_for(zm, task, progress=False)
                 model = recipe.run(fp32, ctx, on_step=on_step).eval()
             secs = time.perf_counter() - t

@@ -124,19 +124,6 @@ def tp_prune(model: nn.Module, example: torch.Tensor, recipe: Recipe) -> tuple[n
     return model.eval(), f"Torch-Pruning {tp.__version__} MetaPruner, L1 magnitude, {sorted(chosen)} -> {kept}"
 
 
-def count(rows: list[Row], example: torch.Tensor) -> None:
-    """``suite.count``; falls back to ``Profile.params_total`` where suite.py still reads ``Profile.params``."""
-    try:
-        suite.count(rows, example)
-    except AttributeError:
-        from slimkit import measure
-
-        for r in rows:
-            if r.source is not None:
-                p = measure.profile(r.source, example)
-                r.params, r.macs = p.params_total, p.macs
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=8, help="interleaved timing rounds at batch 1")
@@ -235,7 +222,7 @@ def main() -> None:
                          f"{build_s[PRESET]:.0f}s incl. calibration), served from its int8 ONNX"))
 
     live = [r for r in rows if r.model is not None]
-    count(rows, x1)
+    suite.count(rows, x1)
 
     # -- metrics --------------------------------------------------------------------------------
     ref = CachedReference(fp32)

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import sys
-from collections.abc import Iterable, Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -20,6 +20,8 @@ from torch import nn
 from ..core.context import Batch, call_model, to_device
 from ..core.errors import MethodError
 from .losses import kd_loss
+
+T = TypeVar("T")
 
 
 @dataclasses.dataclass
@@ -60,19 +62,21 @@ def cache_teacher_topk(teacher: nn.Module, batches: Iterable[Batch], k: int) -> 
     entry ``i`` belongs to the ``i``-th batch of each pass, so the data must yield the same
     samples in the same order on every pass (e.g. one-epoch ``EpochBatches``).
     """
+    return teacher_pass(teacher, batches, lambda inputs: topk_of(call_model(teacher, inputs), k).to("cpu"))
+
+
+def teacher_pass(teacher: nn.Module, batches: Iterable[Batch], keep: Callable[[Batch], T]) -> list[T]:
+    """``[keep(inputs of batch) for batch in batches]`` with ``teacher`` in eval mode under no_grad
+    (its training flag restored after); ``(inputs, labels)`` batches pass only their inputs."""
     from .engine import split_batch
 
     was_training = teacher.training
     teacher.eval()
-    out: list[TopK] = []
     try:
         with torch.no_grad():
-            for batch in batches:
-                inputs, _ = split_batch(batch)
-                out.append(topk_of(call_model(teacher, inputs), k).to("cpu"))
+            return [keep(split_batch(batch)[0]) for batch in batches]
     finally:
         teacher.train(was_training)
-    return out
 
 
 def _compact(x: Any) -> Any:
@@ -95,27 +99,17 @@ def cache_outputs(teacher: nn.Module, batches: Iterable[Batch], device: str | to
     the same order on every pass (a list, not a reshuffling stream). Token-level states
     (rank >= 3 float tensors) are stored in fp16 to halve the memory; losses upcast them.
     """
-    from .engine import split_batch
-
     if not isinstance(batches, Sequence):
         raise MethodError("cache_teacher needs the data as a sequence of batches (the same order every pass), "
                           f"got {type(batches).__name__}")
-    was_training = teacher.training
-    teacher.to(device).eval()
-    out: list[Any] = []
-    items = batches
+    dev = torch.device(device)
+    teacher.to(dev)
+    items: Iterable[Batch] = batches
     if progress:
         from tqdm import tqdm  # type: ignore[import-untyped]
 
         items = tqdm(batches, desc="teacher cache", file=sys.stderr, leave=False)
-    try:
-        with torch.no_grad():
-            for batch in items:
-                inputs, _ = split_batch(batch)
-                out.append(_compact(call_model(teacher, to_device(inputs, torch.device(device)))))
-    finally:
-        teacher.train(was_training)
-    return out
+    return teacher_pass(teacher, items, lambda inputs: _compact(call_model(teacher, to_device(inputs, dev))))
 
 
 def kd_with(student_logits: torch.Tensor, teacher_out: torch.Tensor | TopK, labels: torch.Tensor | None = None,
@@ -138,4 +132,4 @@ def kd_with(student_logits: torch.Tensor, teacher_out: torch.Tensor | TopK, labe
     return alpha * soft + (1.0 - alpha) * F.cross_entropy(student_logits, labels)
 
 
-__all__ = ["TopK", "cache_outputs", "cache_teacher_topk", "kd_with", "topk_of"]
+__all__ = ["TopK", "cache_outputs", "cache_teacher_topk", "kd_with", "teacher_pass", "topk_of"]
