@@ -216,43 +216,12 @@ def main() -> None:
 
 def comparison_notes(rows: list[Row]) -> str:
     """For each slimkit preset against every other row: faster and/or smaller at equal or better accuracy?"""
-    out = ["**Preset vs each row** (from the measured numbers above: 'faster' = higher speed-up over fp32 at that "
-           "batch, 'smaller' = fewer file bytes, both only counted at equal or better accuracy):", ""]
-    for p in (r for r in rows if r.who == "slimkit"):
-        if p.model is None or "accuracy" not in p.metrics:
-            out.append(f"- {p.name}: not built, no comparison.")
-            continue
-        out.append(f"- **{p.name}** (accuracy {p.metrics['accuracy']:.4f}):")
-        for o in rows:
-            if o is p:
-                continue
-            if o.model is None or "accuracy" not in o.metrics:
-                out.append(f"  - vs {o.name}: that row was not built.")
-                continue
-            acc_ok = p.metrics["accuracy"] >= o.metrics["accuracy"]
-            faster = [b for b in BATCHES if b in p.latency and b in o.latency
-                      and p.latency[b]["speedup"] > o.latency[b]["speedup"]]
-            slower = [b for b in BATCHES if b in p.latency and b in o.latency and b not in faster]
-            smaller = p.file_bytes is not None and o.file_bytes is not None and p.file_bytes < o.file_bytes
-            size = (f"{o.file_bytes / p.file_bytes:.1f}x smaller" if smaller else "not smaller") \
-                if p.file_bytes and o.file_bytes else "size unknown"
-            speed = ", ".join(f"b={b} {'faster' if b in faster else 'not faster'} "
-                              f"({p.latency[b]['speedup']:.2f}x vs {o.latency[b]['speedup']:.2f}x)"
-                              for b in BATCHES if b in p.latency and b in o.latency)
-            acc = (f"accuracy {p.metrics['accuracy']:.4f} vs {o.metrics['accuracy']:.4f}")
-            if acc_ok and (faster or smaller):
-                verdict = "beats it on " + " and ".join(
-                    ([f"latency at b={','.join(map(str, faster))}"] if faster else []) + (["size"] if smaller else []))
-                if slower:
-                    verdict += f"; not on latency at b={','.join(map(str, slower))}"
-                if not smaller:
-                    verdict += "; not on size"
-            elif not acc_ok:
-                verdict = "does NOT beat it: lower accuracy"
-            else:
-                verdict = "does NOT beat it: neither faster nor smaller"
-            out.append(f"  - vs {o.name}: {verdict} ({acc}; {size}; {speed}).")
-    out += ["", "Exact file bytes: " + "; ".join(f"{r.name} {r.file_bytes}" for r in rows if r.file_bytes), ""]
+    out = ["**Preset vs each row** (`suite.verdicts`: 'faster' = paired per-round latency ratio > 1 at that "
+           "batch, 'smaller' = fewer file bytes, a win counted only at equal or better accuracy):", ""]
+    for p in (r for r in rows if r.who == "slimkit" and r.model is not None and "accuracy" in r.metrics):
+        out += [f"**{p.name}** (accuracy {p.metrics['accuracy']:.4f}):", ""]
+        out += suite.verdicts([r for r in rows if r.model is not None], p, "accuracy", BATCHES) + [""]
+    out += ["Exact file bytes: " + "; ".join(f"{r.name} {r.file_bytes}" for r in rows if r.file_bytes), ""]
     return "\n".join(out)
 
 

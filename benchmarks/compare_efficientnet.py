@@ -260,36 +260,17 @@ def main() -> None:
 
 
 def preset_verdict(rows: list[Row]) -> str:
-    """For the preset against every other row: faster / smaller at equal or better agreement? From the numbers."""
+    """For the preset against every other row (``suite.verdicts``), on agreement and on top-1."""
     me = rows[-1]
     if "agreement" not in me.metrics:
         return "The slimkit preset row has no metrics; no comparison."
-    lines = [f"**{me.name} against every other row** (\"equal or better metric\" = agreement >= the other row's; "
-             f"the preset's agreement is {me.metrics['agreement']:.1f} %):", ""]
-    for r in rows[:-1]:
-        if "agreement" not in r.metrics:
-            lines.append(f"- {r.name}: not measured ({r.note})")
-            continue
-        ok = me.metrics["agreement"] >= r.metrics["agreement"]
-        wins, losses = [], []
-        for b in (1, 32):
-            if b in me.latency and b in r.latency:
-                a, o = me.latency[b]["ms"], r.latency[b]["ms"]
-                (wins if a < o else losses).append(f"{'faster' if a < o else 'slower'} at b={b} "
-                                                   f"({a:.1f} vs {o:.1f} ms, {o / a:.2f}x)")
-        if me.file_bytes and r.file_bytes:
-            s = r.file_bytes / me.file_bytes
-            (wins if s > 1 else losses).append(f"{'smaller' if s > 1 else 'not smaller'} "
-                                               f"({me.file_bytes / 1e6:.2f} vs {r.file_bytes / 1e6:.2f} MB)")
-        metric = (f"agreement {me.metrics['agreement']:.1f} vs {r.metrics['agreement']:.1f} % "
-                  f"({'equal or better' if ok else 'WORSE'})")
-        if ok and wins:
-            verdict = "beats it on " + " and ".join(wins)
-        elif wins:
-            verdict = "does not beat it at equal metric: " + " and ".join(wins) + " but agreement is lower"
-        else:
-            verdict = "does not beat it"
-        lines.append(f"- vs {r.name}: {verdict}; {metric}" + (f"; {'; '.join(losses)}" if losses else ""))
+    live = [r for r in rows if r.metrics]
+    lines = [f"**{me.name} against every other row**, with agreement with fp32 as the metric "
+             f"(the preset's: {me.metrics['agreement']:.1f} %):", ""]
+    lines += suite.verdicts(live, me, "agreement", [1, 32])
+    lines += ["", f"The same with top-1 on the 500 eval images as the metric (the preset's: "
+              f"{me.metrics['accuracy']:.1f} %; one image is 0.2 points):", ""]
+    lines += suite.verdicts(live, me, "accuracy", [1, 32])
     return "\n".join(lines)
 
 

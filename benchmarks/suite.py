@@ -120,28 +120,45 @@ def paired(slow: Row, fast: Row, batch: int) -> dict[str, float]:
 
 
 def verdicts(rows: list[Row], candidate: Row, metric: str, batches: list[int], *, higher_is_better: bool = True,
-             tol: float = 0.0) -> list[str]:
-    """For every non-slimkit row: does ``candidate`` beat it on latency (any batch) or size, at an equal or
-    better ``metric`` (within ``tol``)? One Markdown bullet per row, computed from the measured figures."""
+             tol: float = 0.0, skip_slimkit: bool = False) -> list[str]:
+    """For every other row: does ``candidate`` beat it on latency (any batch) or size, at an equal or
+    better ``metric`` (within ``tol``)? One Markdown bullet per row, computed from the measured figures,
+    saying also where it does not win (slower batches, not smaller, lower metric).
+
+    The one verdict rule of every comparison script. Latency is the paired per-round ratio
+    (:func:`paired`, same rounds, same inputs), size the bytes of the file each row is served from.
+    """
     out = []
     mine = candidate.metrics.get(metric)
     for r in rows:
-        if r is candidate or r.who == "slimkit" or mine is None or metric not in r.metrics:
+        if r is candidate or (skip_slimkit and r.who == "slimkit"):
+            continue
+        if mine is None or metric not in r.metrics:
+            out.append(f"- {candidate.name} vs {r.name}: no comparison ({metric} not measured for both)")
             continue
         theirs = r.metrics[metric]
         ok_metric = mine >= theirs - tol if higher_is_better else mine <= theirs + tol
-        faster = [b for b in batches if b in r.latency and b in candidate.latency
-                  and paired(r, candidate, b)["speedup"] > 1.0]
-        smaller = bool(r.file_bytes and candidate.file_bytes and candidate.file_bytes < r.file_bytes)
-        wins = ([f"faster at b={','.join(map(str, faster))}"] if faster else []) + (["smaller"] if smaller else [])
+        wins, losses = [], []
+        for b in batches:
+            if b in r.latency and b in candidate.latency:
+                ratio = paired(r, candidate, b)["speedup"]
+                (wins if ratio > 1.0 else losses).append(
+                    f"{'faster' if ratio > 1.0 else 'not faster'} at b={b} ({ratio:.2f}x)")
+        if r.file_bytes and candidate.file_bytes:
+            smaller = candidate.file_bytes < r.file_bytes
+            (wins if smaller else losses).append(
+                f"{'smaller' if smaller else 'not smaller'} ({_fmt_bytes(candidate.file_bytes)} vs "
+                f"{_fmt_bytes(r.file_bytes)} MB)")
+        score = (f"{metric} {mine:.4g} vs {theirs:.4g}"
+                 f" ({'equal or better' if ok_metric else 'WORSE'}{f', tolerance {tol:g}' if tol else ''})")
         if wins and ok_metric:
-            verdict = "beats it: " + " and ".join(wins) + f", {metric} {mine:.4g} vs {theirs:.4g}"
+            verdict = "beats it: " + " and ".join(wins)
         elif wins:
-            verdict = ("does NOT beat it at equal metric: " + " and ".join(wins) +
-                       f" but {metric} {mine:.4g} vs {theirs:.4g}")
+            verdict = "does NOT beat it at equal metric: " + " and ".join(wins) + f", but {metric} is lower"
         else:
-            verdict = f"does NOT beat it: neither faster nor smaller ({metric} {mine:.4g} vs {theirs:.4g})"
-        out.append(f"- {candidate.name} vs {r.name}: {verdict}")
+            verdict = "does NOT beat it: neither faster nor smaller"
+        tail = f"; {'; '.join(losses)}" if losses and wins else ""
+        out.append(f"- {candidate.name} vs {r.name}: {verdict}; {score}{tail}")
     return out
 
 

@@ -129,6 +129,7 @@ CONTRACT: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
     "quantize.ternary": ("digits_cnn", {"steps": 3}, CNN_WEIGHTS),
     "quantize.weight_only": ("digits_cnn", {"bits": 4, "group_size": 8}, LINEARS),
     "train.bn_recalibrate": ("digits_cnn", {"batches": 2}, {}),
+    "train.reconstruct": ("digits_cnn", {"calib_batches": 2}, LINEARS),
     "export.onnx": ("digits_cnn", {"file": "contract.onnx"}, {}),
     "export.pt2e": ("digits_cnn", {"file": "contract.pt2", "calib_batches": 2}, {}),
     "distill.logits": ("digits_cnn", {"steps": 3, "temperature": 2.0}, {}),

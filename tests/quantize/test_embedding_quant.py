@@ -73,6 +73,22 @@ def test_codebook_uses_at_most_16_values() -> None:
     assert q.codes.nbytes == 50 * 8
 
 
+@pytest.mark.parametrize("bits", [8, 4])
+def test_mse_scales_lower_the_error_on_the_full_signed_grid(bits: int) -> None:
+    model = Tiny()
+    w = model.emb.weight.detach()
+    absmax, mse = quantized(model, bits=bits).emb, quantized(model, bits=bits, scale="mse").emb
+    assert mse.meta["qmin"] == -(2 ** (bits - 1)) and absmax.meta["qmin"] == -(2 ** (bits - 1)) + 1
+    codes = unpack_rows(mse.codes, bits, 16)
+    assert int(codes.min()) == 0 and int(codes.max()) <= 2**bits - 1  # [-2^(b-1), qmax] stored offset
+    err_absmax = float(((absmax.dequantized() - w) ** 2).mean())
+    err_mse = float(((mse.dequantized() - w) ** 2).mean())
+    assert err_mse < err_absmax
+    assert torch.equal(mse(torch.tensor([0])), torch.zeros(1, 16))  # the zero padding row stays zero
+    assert mse.codes.nbytes == absmax.codes.nbytes  # same bytes
+    assert slimkit.records(quantized(model, bits=4, scale="mse"))[0].config["scale"] == "mse"
+
+
 def test_quantizes_a_trimmed_table_and_round_trips(tmp_path: Path) -> None:
     ctx = Context(calib_data=[torch.tensor([[2, 3, 3, 5, 7]])], progress=False)
     trimmed = slimkit.apply(Tiny(), VocabTrim(always_keep=(1,), unk_id=1), ctx=ctx)
@@ -91,7 +107,7 @@ def test_quantizes_a_trimmed_table_and_round_trips(tmp_path: Path) -> None:
         assert torch.equal(restored(IDS), out.eval()(IDS))
 
 
-@pytest.mark.parametrize("options", [{"bits": 8}, {"bits": 4, "mode": "codebook"}])
+@pytest.mark.parametrize("options", [{"bits": 8}, {"bits": 4, "mode": "codebook"}, {"bits": 4, "scale": "mse"}])
 def test_save_restore_plain_table(tmp_path: Path, options: dict) -> None:
     out = quantized(Tiny(), **options)
     slimkit.save(out, tmp_path / "m")
@@ -106,5 +122,7 @@ def test_errors() -> None:
         EmbeddingQuant(bits=2)
     with pytest.raises(ConfigError, match="codebook"):
         EmbeddingQuant(bits=8, mode="codebook")
+    with pytest.raises(ConfigError, match="scale"):
+        EmbeddingQuant(bits=4, mode="codebook", scale="mse")
     with pytest.raises(MethodError, match="no nn.Embedding"):
         quantized(nn.Sequential(nn.Linear(4, 4)))

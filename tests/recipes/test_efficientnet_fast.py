@@ -1,5 +1,5 @@
 """The ``efficientnet-fast`` preset: it loads, obeys the order rules, round-trips, and runs end to end
-(channel pruning -> BN re-estimation -> static int8 ONNX export) on a tiny EfficientNet-shaped stand-in."""
+(channel pruning -> least-squares refit of the classifier -> static int8 ONNX export) on a tiny EfficientNet-shaped stand-in."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -9,6 +9,7 @@ import torch
 import yaml
 from torch import nn
 
+import slimkit
 from slimkit.core import Context, Recipe, presets
 from slimkit.core.recipe import check_order
 from slimkit.core.registry import config_class
@@ -70,6 +71,8 @@ def test_preset_is_listed_and_valid() -> None:
     assert export.int8 == "static" and export.per_channel is True and export.file.endswith(".onnx")
     prune = recipe.steps[0].config
     assert 0 < prune.ratio <= 0.3, "a small ratio: larger ones without fine-tuning wreck the accuracy"
+    refit = recipe.steps[1]
+    assert refit.config.kind == "train.reconstruct" and refit.targets.include == ("_fc",)
     # the description explains every step
     for kind in kinds:
         assert kind in recipe.description, f"description does not mention {kind}"
@@ -114,6 +117,8 @@ def test_preset_runs_on_tiny_stand_in(tmp_path: Path, one_thread: None) -> None:
             assert mod.out_channels < before[name], f"{name} was not pruned"
     assert sum(p.numel() for p in out.parameters()) < sum(p.numel() for p in model.parameters())
     assert model._conv_head.out_channels == 40  # the caller's model is untouched
+    rec = next(r for r in slimkit.records(out) if r.kind == "train.reconstruct")
+    assert rec.data["layers"]["_fc"]["mse_after"] < rec.data["layers"]["_fc"]["mse_before"]
 
     onnx_path = tmp_path / recipe.steps[-1].config.file
     assert onnx_path.is_file()

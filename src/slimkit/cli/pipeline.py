@@ -36,6 +36,16 @@ def context_for(zm: "zoo.ZooModel", task: "zoo.Task | None", *, calib_batches: i
     return ctx
 
 
+def calibration_need(recipe: Recipe, default: int = 8) -> int:
+    """Calibration batches to prepare: the most any step asks for (``calib_batches``), at least ``default``.
+
+    A step that asks for more than the context holds silently gets fewer, so the context is
+    sized to the hungriest step (tasks cap it at the data they have).
+    """
+    asked = [s.config.to_dict().get("calib_batches") for s in recipe.steps]
+    return max([default, *(a for a in asked if isinstance(a, int))])
+
+
 def snapshot(model: nn.Module, zm: "zoo.ZooModel", task: "zoo.Task | None", *, reference: nn.Module | None = None,
              saved_dir: Path | None = None) -> dict[str, Any]:
     """Profile (and, with a task, evaluate) one model state."""
@@ -70,7 +80,7 @@ def compress(spec: str, recipe_source: str, out: Path, *, task_name: str | None 
     if task is not None:
         task.check_model(zm)
     _log(f"slimkit: {spec}: {len(recipe.steps)} step(s) from recipe {recipe.name!r}", quiet)
-    ctx = context_for(zm, task, seed=seed, progress=not quiet)
+    ctx = context_for(zm, task, calib_batches=calibration_need(recipe), seed=seed, progress=not quiet)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     ctx.extras["export_dir"] = tmp  # export steps write their artifact next to the weights

@@ -95,11 +95,18 @@ def lr_lambda(schedule: Schedule, steps: int, warmup: int) -> Callable[[int], fl
     return f
 
 
+def _fusable(params: list[nn.Parameter]) -> bool:
+    """Whether torch's fused Adam/AdamW kernel applies: floating params on CPU or CUDA."""
+    return all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
+
+
 def _optimizer(params: list[nn.Parameter], name: str, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    # fused: one kernel per step instead of a chain of foreach ops. Same update rule; on a
+    # 2-core CPU the AdamW step of a 3-layer MiniLM student drops from 75 to 13 ms (of ~270).
     if name == "adamw":
-        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=_fusable(params))
     if name == "adam":
-        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, fused=_fusable(params))
     if name == "sgd":
         return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay)
     raise MethodError(f"distill: optimizer must be 'adamw', 'adam' or 'sgd', got {name!r}")

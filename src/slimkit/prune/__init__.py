@@ -36,3 +36,6 @@ __all__ += ["ChannelPrune", "HeadPrune"]
 from .recovery import BatchNormRecalibrate  # noqa: E402
 
 __all__ += ["BatchNormRecalibrate"]
+from .reconstruct import Reconstruct, ridge_refit  # noqa: E402
+
+__all__ += ["Reconstruct", "ridge_refit"]

@@ -128,3 +128,24 @@ def quant_error(x: torch.Tensor, scale: torch.Tensor | float, zero_point: torch.
     """Mean squared quantisation error of ``x`` on the given grid (a scalar tensor)."""
     xq = dequantize(quantize(x, scale, zero_point, qmin, qmax), scale, zero_point)
     return torch.mean((xq - x.detach().float()) ** 2)
+
+
+def mse_row_scales(w: torch.Tensor, qmin: int, qmax: int, grid: int = 50, low: float = 0.4) -> torch.Tensor:
+    """Per-row symmetric scales ``[R]`` that minimise each row's squared error (zero point 0).
+
+    Absmax scaling spends the whole grid on a row's largest value; clipping it (a smaller
+    scale) buys resolution for the rest. With 16 levels that matters: on MiniLM's word table
+    the error drops by about a third. Tries ``grid`` clip ratios in ``[low, 1]`` of the absmax
+    scale ``amax / qmax`` and keeps, per row, the one with the least error. An all-zero row
+    gets scale 1 (its codes are all 0, so it stays exactly zero).
+    """
+    x = w.detach().float()  # [R, H]
+    amax = x.abs().amax(dim=1)  # [R]
+    base = torch.where(amax > 0, amax / qmax, torch.ones_like(amax))  # [R]
+    best, best_err = base.clone(), torch.full_like(base, float("inf"))
+    for r in torch.linspace(low, 1.0, grid).tolist():
+        s = base * r  # [R]
+        err = ((torch.clamp(torch.round(x / s[:, None]), qmin, qmax) * s[:, None] - x) ** 2).sum(dim=1)  # [R]
+        better = err < best_err
+        best, best_err = torch.where(better, s, best), torch.where(better, err, best_err)
+    return best

@@ -10,7 +10,10 @@ Modes:
   ``code in [-qmax, qmax]`` (127 or 7), stored offset by ``qmax`` as unsigned; 4-bit codes
   are packed two per byte (:mod:`~slimkit.quantize.packing`, low nibble first). Rows are
   padded to whole bytes, so a row's codes are one contiguous slice a lookup can gather.
-  A zero row (e.g. the padding row) stays exactly zero.
+  A zero row (e.g. the padding row) stays exactly zero. With ``scale: mse`` each row's
+  scale is instead the clipped one with the least squared error
+  (:func:`~slimkit.quantize.affine.mse_row_scales`), on the full signed grid
+  ``[-2**(bits-1), qmax]`` (16 levels at 4 bits, not 15): same bytes, a third less error.
 - ``codebook`` (4 bits): one shared 16-entry codebook for the table, fitted by 1-D k-means
   over all its weights (:func:`~slimkit.quantize.nonuniform.kmeans_share`), codes packed
   as above. The padding row becomes its nearest centroids, not necessarily zero.
@@ -36,6 +39,7 @@ from ..core import (
     register_replay,
 )
 from ..share.vocab import TrimmedEmbedding
+from .affine import mse_row_scales
 from .nonuniform import kmeans_share
 from .packed import swap
 from .packing import pack_bits
@@ -92,7 +96,7 @@ class QuantEmbedding(nn.Module):
 
     @classmethod
     def from_weight(cls, weight: torch.Tensor, bits: int, mode: str, *, padding_idx: int | None,
-                    remap: torch.Tensor | None = None) -> QuantEmbedding:
+                    remap: torch.Tensor | None = None, scale: str = "absmax") -> QuantEmbedding:
         """Quantise ``weight [R, H]``; ``remap [V]`` (ids -> rows) when the table is trimmed."""
         w = weight.detach().float().cpu()  # [R, H]
         rows, dim = w.shape
@@ -100,10 +104,15 @@ class QuantEmbedding(nn.Module):
                 "bits": bits, "mode": mode, "padding_idx": padding_idx, "trimmed": remap is not None}
         if mode == "affine":
             qmax = 2 ** (bits - 1) - 1
-            amax = w.abs().amax(dim=1)  # [R]
-            scale = torch.where(amax > 0, amax / qmax, torch.ones_like(amax))
-            codes = (torch.round(w / scale[:, None]).clamp(-qmax, qmax) + qmax).to(torch.int64)  # [R, H]
-            meta["qmin"] = -qmax
+            if scale == "mse":
+                qmin = -qmax - 1
+                scales = mse_row_scales(w, qmin, qmax)  # [R]
+            else:
+                qmin = -qmax
+                amax = w.abs().amax(dim=1)  # [R]
+                scales = torch.where(amax > 0, amax / qmax, torch.ones_like(amax))
+            codes = (torch.round(w / scales[:, None]).clamp(qmin, qmax) - qmin).to(torch.int64)  # [R, H]
+            meta["qmin"] = qmin
         elif mode == "codebook":
             codebook, codes = kmeans_share(w, bits)  # [2**bits], [R, H]
         else:
@@ -112,7 +121,7 @@ class QuantEmbedding(nn.Module):
         with torch.no_grad():
             layer.codes.copy_(pack_rows(codes, bits))
             if mode == "affine":
-                layer.scale.copy_(scale)
+                layer.scale.copy_(scales)
             else:
                 layer.codebook.copy_(codebook)
             if remap is not None:
@@ -149,6 +158,7 @@ class EmbeddingQuant(MethodConfig):
 
     Targets default to every ``nn.Embedding`` (and vocabulary-trimmed table) in the model.
     ``mode: codebook`` needs ``bits: 4`` (one 16-entry k-means codebook per table).
+    ``scale: mse`` (affine only) picks each row's clipped scale with the least error.
     """
 
     kind = "quantize.embedding"
@@ -156,10 +166,13 @@ class EmbeddingQuant(MethodConfig):
 
     bits: int = 8
     mode: Literal["affine", "codebook"] = "affine"
+    scale: Literal["absmax", "mse"] = "absmax"
 
     def validate(self) -> None:
         self._require(self.bits in (4, 8), "bits", "4 or 8", self.bits)
         self._require(self.mode != "codebook" or self.bits == 4, "bits", "4 for mode 'codebook'", self.bits)
+        self._require(self.mode == "affine" or self.scale == "absmax", "scale", "'absmax' for mode 'codebook'",
+                      self.scale)
 
 
 def embedding_tables(model: nn.Module, targets: Targets) -> list[tuple[str, nn.Embedding | TrimmedEmbedding]]:
@@ -180,7 +193,7 @@ def quantize_embeddings(model: nn.Module, config: EmbeddingQuant, targets: Targe
             raise MethodError(f"{name}: cannot quantise an nn.Embedding with max_norm (it rewrites rows on lookup)")
         remap = emb.remap if isinstance(emb, TrimmedEmbedding) else None
         q = QuantEmbedding.from_weight(emb.weight, config.bits, config.mode, padding_idx=emb.padding_idx,
-                                       remap=remap)
+                                       remap=remap, scale=config.scale)
         swap(model, name, q)
         layers[name] = q.meta
         code_bytes += q.codes.numel()
