@@ -14,6 +14,7 @@ export SLIMKIT_DATA=${SLIMKIT_DATA:-$(cd ../shared/data 2>/dev/null && pwd)}
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 PY=.venv/bin/python
 OUT=${OUT:-$(mktemp -d)}
+mkdir -p "$OUT"
 start=$(date +%s)
 stamp() { echo "[run_all $(( $(date +%s) - start ))s] $*" >&2; }
 
