@@ -18,13 +18,14 @@ not change, so there is nothing to replay: the refit weights travel with the sav
 """
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import torch
 from torch import nn
 
 from ..core import Context, MethodConfig, MethodError, Record, Targets, method_config, register_method
-from ..core.context import call_model
+from ..core.context import forward_batches
 
 
 def ridge_refit(x: torch.Tensor, y: torch.Tensor, w0: torch.Tensor, b0: torch.Tensor | None,
@@ -99,18 +100,7 @@ def _collect(model: nn.Module, names: list[str], data: Any, batches: int, what: 
             t = args[0] if what == "input" else out
             got[n].append(_as_rows(t.detach().float().cpu(), mod))
         hooks.append(layer.register_forward_hook(hook))
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            for i, batch in enumerate(data):
-                if i >= batches:
-                    break
-                call_model(model, batch)
-    finally:
-        model.train(was_training)
-        for h in hooks:
-            h.remove()
+    forward_batches(model, itertools.islice(data, batches), hooks)
     return got
 
 
