@@ -165,8 +165,9 @@ def must_show(rows: list[Row]) -> str:
     ratio = ref.file_bytes / fast.file_bytes
     lines.append(f"- size: {ref.file_bytes:,} B -> {fast.file_bytes:,} B = **{ratio:.1f}x** smaller — "
                  f"{'meets' if ratio >= 8 else 'MISSES'} the 8x bar")
-    lines += ["", "Against each other row (faster at any batch or smaller, at equal or better STS-B):", ""]
-    lines += suite.verdicts(rows, fast, "stsb", BATCHES)
+    lines += ["", "Against each other row (faster at any batch or smaller, at equal or better STS-B; as in the "
+              f"bar above, every score at or above the floor {floor:.2f} counts as equal):", ""]
+    lines += suite.verdicts(rows, fast, "stsb", BATCHES, floor=floor)
     return "\n".join(lines)
 
 

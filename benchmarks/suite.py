@@ -120,13 +120,20 @@ def paired(slow: Row, fast: Row, batch: int) -> dict[str, float]:
 
 
 def verdicts(rows: list[Row], candidate: Row, metric: str, batches: list[int], *, higher_is_better: bool = True,
-             tol: float = 0.0, skip_slimkit: bool = False) -> list[str]:
+             tol: float = 0.0, floor: float | None = None, skip_slimkit: bool = False) -> list[str]:
     """For every other row: does ``candidate`` beat it on latency (any batch) or size, at an equal or
-    better ``metric`` (within ``tol``)? One Markdown bullet per row, computed from the measured figures,
-    saying also where it does not win (slower batches, not smaller, lower metric).
+    better ``metric``? One Markdown bullet per row, computed from the measured figures, saying also
+    where it does not win (slower or tied batches, not smaller, lower metric).
 
-    The one verdict rule of every comparison script. Latency is the paired per-round ratio
-    (:func:`paired`, same rounds, same inputs), size the bytes of the file each row is served from.
+    The one verdict rule of every comparison script:
+
+    * **faster** at a batch only when at least three of four paired rounds are faster (the 25th
+      percentile of the per-round ratios, :func:`paired`, is above 1). Two rows that run the same
+      graph on the same runtime come out as a tie, not as a coin-flip win.
+    * **smaller**: fewer bytes in the file each row is served from.
+    * **equal or better metric**: ``candidate >= row - tol``, or, with ``floor``, the candidate at or
+      above ``floor`` (the issue's "equal accuracy" band, e.g. within 1.0 point of fp32): every row
+      scoring above the floor is then a tie on the metric, not a loss.
     """
     out = []
     mine = candidate.metrics.get(metric)
@@ -137,27 +144,40 @@ def verdicts(rows: list[Row], candidate: Row, metric: str, batches: list[int], *
             out.append(f"- {candidate.name} vs {r.name}: no comparison ({metric} not measured for both)")
             continue
         theirs = r.metrics[metric]
-        ok_metric = mine >= theirs - tol if higher_is_better else mine <= theirs + tol
+        if higher_is_better:
+            ok_metric = mine >= theirs - tol or (floor is not None and mine >= floor)
+        else:
+            ok_metric = mine <= theirs + tol or (floor is not None and mine <= floor)
         wins, losses = [], []
         for b in batches:
             if b in r.latency and b in candidate.latency:
-                ratio = paired(r, candidate, b)["speedup"]
-                (wins if ratio > 1.0 else losses).append(
-                    f"{'faster' if ratio > 1.0 else 'not faster'} at b={b} ({ratio:.2f}x)")
+                p = paired(r, candidate, b)
+                spread = f"{p['speedup']:.2f}x, p25-p75 {p['p25']:.2f}-{p['p75']:.2f}"
+                if p["p25"] > 1.0:
+                    wins.append(f"faster at b={b} ({spread})")
+                elif p["p75"] < 1.0:
+                    losses.append(f"slower at b={b} ({spread})")
+                else:
+                    losses.append(f"tie at b={b} ({spread}: within round-to-round noise)")
         if r.file_bytes and candidate.file_bytes:
             smaller = candidate.file_bytes < r.file_bytes
             (wins if smaller else losses).append(
                 f"{'smaller' if smaller else 'not smaller'} ({_fmt_bytes(candidate.file_bytes)} vs "
                 f"{_fmt_bytes(r.file_bytes)} MB)")
-        score = (f"{metric} {mine:.4g} vs {theirs:.4g}"
-                 f" ({'equal or better' if ok_metric else 'WORSE'}{f', tolerance {tol:g}' if tol else ''})")
+        how = "WORSE"
+        if ok_metric:
+            if mine >= theirs - tol if higher_is_better else mine <= theirs + tol:
+                how = "equal or better" + (f", tolerance {tol:g}" if tol else "")
+            else:
+                how = f"equal: both at or above the floor {floor:.4g}"
+        score = f"{metric} {mine:.4g} vs {theirs:.4g} ({how})"
         if wins and ok_metric:
             verdict = "beats it: " + " and ".join(wins)
         elif wins:
             verdict = "does NOT beat it at equal metric: " + " and ".join(wins) + f", but {metric} is lower"
         else:
             verdict = "does NOT beat it: neither faster nor smaller"
-        tail = f"; {'; '.join(losses)}" if losses and wins else ""
+        tail = f"; {'; '.join(losses)}" if losses else ""
         out.append(f"- {candidate.name} vs {r.name}: {verdict}; {score}{tail}")
     return out
 

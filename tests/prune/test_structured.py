@@ -187,6 +187,31 @@ def test_taylor_prefers_units_the_loss_depends_on() -> None:
     assert slimkit.records(pruned)[-1].data["groups"]["classifier.1"]["kept"] == list(range(16, 32))
 
 
+def test_grad_source_output_ignores_the_task_loss() -> None:
+    """``grad_source: output`` ranks by the output proxy on calib data even when a loss is set."""
+    model, x = FACTORIES["digits_cnn"]()
+    with torch.no_grad():
+        model.classifier[3].weight[:, :16] = 0  # neurons 0..15 feed nothing
+        model.classifier[1].bias[16:] = 1.0
+    seen: list[str] = []
+
+    def loss_fn(m, batch):  # a task loss; its calls are counted
+        seen.append("loss")
+        return -call_model(m, batch[0]).pow(2).sum()
+
+    ctx = slimkit.Context(example_inputs=x, calib_data=[x], train_data=[(x, None)], loss_fn=loss_fn)
+    targets = slimkit.Targets(include=("classifier.1",))
+    by_loss = slimkit.apply(model, ChannelPrune(ratio=0.5, importance="taylor", calib_batches=1), targets, ctx=ctx)
+    assert seen == ["loss"]
+    by_output = slimkit.apply(model, ChannelPrune(ratio=0.5, importance="taylor", grad_source="output",
+                                                  calib_batches=1), targets, ctx=ctx)
+    assert seen == ["loss"]  # the proxy ran, not the loss
+    assert slimkit.records(by_output)[-1].data["groups"]["classifier.1"]["kept"] == list(range(16, 32))
+    assert slimkit.records(by_loss)[-1].data["groups"]["classifier.1"]["kept"] == list(range(16, 32))
+    with pytest.raises(ConfigError, match="grad_source"):
+        ChannelPrune.from_dict({"grad_source": "labels"})
+
+
 def test_global_scope_and_per_group_ratio() -> None:
     model, x = FACTORIES["residual_concat_cnn"]()
     ctx = slimkit.Context(example_inputs=x)
