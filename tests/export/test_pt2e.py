@@ -115,3 +115,28 @@ def test_batch_one_example_still_gives_a_symbolic_batch() -> None:
         with torch.no_grad():
             ref = m(**x)
         assert float(nn.functional.cosine_similarity(q(**x), ref).mean()) > 0.98
+
+
+def test_config_is_patched_only_for_new_input_signatures() -> None:
+    """Inductor's freezing config wraps the calls that may compile (a new shape), not every call."""
+    import contextlib
+
+    torch.manual_seed(0)
+    m = TinyEncoder().eval()
+    calib = [_tokens(4, 6, 0)]
+    q = Pt2eModel(quantize_pt2e(m, calib[0], calib, static=True), compile=False)
+    patched: list[dict] = []
+
+    class Recorder:  # stands in for torch._inductor.config
+        @staticmethod
+        def patch(cfg: dict) -> contextlib.AbstractContextManager:
+            patched.append(cfg)
+            return contextlib.nullcontext()
+
+    q._inductor = Recorder()
+    first = q(**_tokens(2, 5, 1))
+    again = q(**_tokens(2, 5, 1))
+    assert len(patched) == 1 and patched[0]["freezing"] is True and torch.equal(first, again)
+    q(**_tokens(2, 5, 2))  # same shapes, other values: no patch
+    q(**_tokens(3, 7, 3))  # a new shape: patched
+    assert len(patched) == 2
