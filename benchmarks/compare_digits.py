@@ -216,8 +216,7 @@ def main() -> None:
 
 def comparison_notes(rows: list[Row]) -> str:
     """For each slimkit preset against every other row: faster and/or smaller at equal or better accuracy?"""
-    ref = next(r for r in rows if r.who == "reference")
-    floor = ref.metrics["accuracy"] - 0.01
+    floor = suite.band_floor(rows, "accuracy", 0.01)
     out = ["**Preset vs each row** (`suite.verdicts`: 'faster' = at least three of four paired rounds faster at "
            "that batch, 'smaller' = fewer file bytes, a win counted only at equal or better accuracy; equal "
            f"accuracy is the issue's band, within 1.0 point of fp32: >= {floor:.4f}. One test image is 0.0022, "

@@ -267,8 +267,7 @@ def preset_verdict(rows: list[Row]) -> str:
     if "agreement" not in me.metrics:
         return "The slimkit preset row has no metrics; no comparison."
     live = [r for r in rows if r.metrics]
-    ref = next(r for r in live if r.who == "reference")
-    floor = ref.metrics["accuracy"] - 1.0
+    floor = suite.band_floor(live, "accuracy")
     lines = [f"**{me.name} against every other row**, with top-1 on the 500 eval images as the metric "
              f"(the preset's: {me.metrics['accuracy']:.1f} %; one image is 0.2 points). Equal accuracy is "
              f"the issue's band, within 1.0 point of fp32: top-1 >= {floor:.1f} % "

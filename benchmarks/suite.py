@@ -119,8 +119,14 @@ def paired(slow: Row, fast: Row, batch: int) -> dict[str, float]:
     return {"speedup": statistics.median(ratios), "p25": quantile(ratios, 0.25), "p75": quantile(ratios, 0.75)}
 
 
+def band_floor(rows: list[Row], metric: str, point: float = 1.0) -> float:
+    """The issue's "equal accuracy" floor: the reference (fp32) row's ``metric`` less one point
+    (``point`` in the metric's own units: 1.0 for STS-B x100 or top-1 %, 0.01 for an accuracy in [0, 1])."""
+    return next(r for r in rows if r.who == "reference").metrics[metric] - point
+
+
 def verdicts(rows: list[Row], candidate: Row, metric: str, batches: list[int], *, higher_is_better: bool = True,
-             tol: float = 0.0, floor: float | None = None, skip_slimkit: bool = False) -> list[str]:
+             tol: float = 0.0, floor: float | None = None) -> list[str]:
     """For every other row: does ``candidate`` beat it on latency (any batch) or size, at an equal or
     better ``metric``? One Markdown bullet per row, computed from the measured figures, saying also
     where it does not win (slower or tied batches, not smaller, lower metric).
@@ -138,16 +144,15 @@ def verdicts(rows: list[Row], candidate: Row, metric: str, batches: list[int], *
     out = []
     mine = candidate.metrics.get(metric)
     for r in rows:
-        if r is candidate or (skip_slimkit and r.who == "slimkit"):
+        if r is candidate:
             continue
         if mine is None or metric not in r.metrics:
             out.append(f"- {candidate.name} vs {r.name}: no comparison ({metric} not measured for both)")
             continue
         theirs = r.metrics[metric]
-        if higher_is_better:
-            ok_metric = mine >= theirs - tol or (floor is not None and mine >= floor)
-        else:
-            ok_metric = mine <= theirs + tol or (floor is not None and mine <= floor)
+        as_good = mine >= theirs - tol if higher_is_better else mine <= theirs + tol
+        in_band = floor is not None and (mine >= floor if higher_is_better else mine <= floor)
+        ok_metric = as_good or in_band
         wins, losses = [], []
         for b in batches:
             if b in r.latency and b in candidate.latency:
@@ -164,12 +169,12 @@ def verdicts(rows: list[Row], candidate: Row, metric: str, batches: list[int], *
             (wins if smaller else losses).append(
                 f"{'smaller' if smaller else 'not smaller'} ({_fmt_bytes(candidate.file_bytes)} vs "
                 f"{_fmt_bytes(r.file_bytes)} MB)")
-        how = "WORSE"
-        if ok_metric:
-            if mine >= theirs - tol if higher_is_better else mine <= theirs + tol:
-                how = "equal or better" + (f", tolerance {tol:g}" if tol else "")
-            else:
-                how = f"equal: both at or above the floor {floor:.4g}"
+        if as_good:
+            how = "equal or better" + (f", tolerance {tol:g}" if tol else "")
+        elif in_band:
+            how = f"equal: both at or above the floor {floor:.4g}"
+        else:
+            how = "WORSE"
         score = f"{metric} {mine:.4g} vs {theirs:.4g} ({how})"
         if wins and ok_metric:
             verdict = "beats it: " + " and ".join(wins)

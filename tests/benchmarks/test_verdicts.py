@@ -45,6 +45,7 @@ def test_lower_metric_loses_unless_inside_the_floor_band(suite):
     mine = row(suite, "mine", [20.0] * 4, 0.895, 100, who="slimkit")
     [strict] = suite.verdicts([ref, mine], mine, "acc", [1])
     assert "does NOT beat it at equal metric" in strict and "WORSE" in strict
+    assert suite.band_floor([mine, ref], "acc", 0.01) == pytest.approx(0.89)  # from the reference row
     [band] = suite.verdicts([ref, mine], mine, "acc", [1], floor=0.89)
     assert band.startswith("- mine vs fp32: beats it: smaller") and "at or above the floor" in band
     [below] = suite.verdicts([ref, mine], mine, "acc", [1], floor=0.899)

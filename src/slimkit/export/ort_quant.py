@@ -116,9 +116,10 @@ def quantize_static_onnx(src: str | os.PathLike[str], dst: str | os.PathLike[str
 
     Activation ranges come from running ``calib`` through the float model with ORT's
     calibrator (``method``). ORT's calibrators hold every intermediate tensor of every
-    batch in memory until the end, and ``entropy`` / ``percentile`` then build histograms on top
-    (on EfficientNet-Lite0, 15 x 32 images passed 23 GB and were OOM-killed; ``minmax`` fits). ``preprocess`` runs ORT's shape inference / graph
-    optimisation first (folds BatchNorm into Conv so weights are quantized once).
+    batch in memory until the end, and ``entropy`` / ``percentile`` then build histograms
+    on top (on EfficientNet-Lite0, 15 x 32 images passed 23 GB and were OOM-killed;
+    ``minmax`` fits). ``preprocess`` runs ORT's shape inference / graph optimisation first
+    (folds BatchNorm into Conv so weights are quantized once).
     ``op_types=None`` lets ORT quantize every op it supports: that matters, because only
     then does it see ``Clip``/``Relu`` after a ``Conv`` and drop them into the Conv's
     output range ([0, 6] for ReLU6) instead of spending the 256 levels of the Conv output

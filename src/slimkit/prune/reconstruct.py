@@ -53,6 +53,12 @@ def ridge_refit(x: torch.Tensor, y: torch.Tensor, w0: torch.Tensor, b0: torch.Te
     return w.to(w0.dtype), None if b is None else b.to(b0.dtype)
 
 
+def _mse(x: torch.Tensor, y: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> float:
+    """Mean squared error of the layer ``x W^T + b`` against the targets ``y``."""
+    out = x @ w.T if b is None else x @ w.T + b  # [N, O]
+    return float(((out - y) ** 2).mean())
+
+
 def _as_rows(t: torch.Tensor, layer: nn.Module) -> torch.Tensor:
     """A layer's input/output as ``[samples, features]``: a 1x1 conv's pixels count as samples."""
     if isinstance(layer, nn.Conv2d):
@@ -130,9 +136,8 @@ def reconstruct(model: nn.Module, config: Reconstruct, targets: Targets, ctx: Co
         x, y = torch.cat(xs[n]), torch.cat(ys[n])  # [N, I], [N, O]
         w0 = layer.weight.detach().reshape(layer.weight.shape[0], -1).float().cpu()  # [O, I]
         b0 = None if layer.bias is None else layer.bias.detach().float().cpu()
-        before = float(((x @ w0.T + (0 if b0 is None else b0) - y) ** 2).mean())
         w, b = ridge_refit(x, y, w0, b0, config.ridge)
-        after = float(((x @ w.T + (0 if b is None else b) - y) ** 2).mean())
+        before, after = _mse(x, y, w0, b0), _mse(x, y, w, b)
         with torch.no_grad():
             layer.weight.copy_(w.reshape(layer.weight.shape).to(layer.weight))
             if b is not None and layer.bias is not None:

@@ -127,8 +127,8 @@ def backward_passes(model: nn.Module, ctx: Context, batches: int, method: str,
 
     With ``ctx.loss_fn`` (and ``source="loss"``) the batches come from ``ctx.train_data``
     (the loss needs targets; calibration batches are inputs only). Otherwise the proxy
-    ``sum(output**2)`` runs on ``ctx.calib_data`` (or the example inputs). The model runs in eval mode; its mode
-    is restored and its gradients cleared afterwards.
+    ``sum(output**2)`` runs on ``ctx.calib_data`` (or the example inputs). The model runs
+    in eval mode; its mode is restored and its gradients cleared afterwards.
     """
     if source == "loss" and ctx.loss_fn is not None and ctx.train_data is not None:
         data: Any = ctx.train_data
