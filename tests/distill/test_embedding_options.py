@@ -157,3 +157,16 @@ def test_freeze_keeps_matching_parameters_fixed_and_names_unknown_patterns() -> 
     with pytest.raises(MethodError, match="nothing_like_this"):
         slimkit.apply(student, DistillEmbedding(steps=1, freeze=("nothing_like_this",)), Targets(),
                       Context(train_data=data, teacher=teacher, progress=False))
+
+
+def test_cache_runs_the_teacher_once_per_distinct_batch_object() -> None:
+    teacher = TinyEncoder(seed=1)
+    base = batches(3, 0)
+    data = [base[0], base[1], base[0], base[2], base[0]]  # base[0] oversampled 3x
+    out = cache_outputs(teacher, data)
+    assert teacher.calls == 3 and len(out) == 5
+    assert out[0] is out[2] is out[4]
+    equal_but_distinct = [dict(base[1])]  # same values, another object: its own teacher run
+    cache_outputs(teacher, equal_but_distinct)
+    assert teacher.calls == 4
+    torch.testing.assert_close(out[1], teacher(**base[1]))

@@ -98,6 +98,8 @@ def cache_outputs(teacher: nn.Module, batches: Iterable[Batch], device: str | to
     For ``distill(..., teacher_cache=...)`` with the same batches, which must then come in
     the same order on every pass (a list, not a reshuffling stream). Token-level states
     (rank >= 3 float tensors) are stored in fp16 to halve the memory; losses upcast them.
+    A batch object that occurs more than once in the list (an oversampled subset) runs
+    through the teacher once and its entries share the output.
     """
     if not isinstance(batches, Sequence):
         raise MethodError("cache_teacher needs the data as a sequence of batches (the same order every pass), "
@@ -109,7 +111,15 @@ def cache_outputs(teacher: nn.Module, batches: Iterable[Batch], device: str | to
         from tqdm import tqdm  # type: ignore[import-untyped]
 
         items = tqdm(batches, desc="teacher cache", file=sys.stderr, leave=False)
-    return teacher_pass(teacher, items, lambda inputs: _compact(call_model(teacher, to_device(inputs, dev))))
+    seen: dict[int, Any] = {}  # id(inputs) -> output: a batch object listed again is not re-run
+
+    def keep(inputs: Batch) -> Any:
+        key = id(inputs)
+        if key not in seen:
+            seen[key] = _compact(call_model(teacher, to_device(inputs, dev)))
+        return seen[key]
+
+    return teacher_pass(teacher, items, keep)
 
 
 def kd_with(student_logits: torch.Tensor, teacher_out: torch.Tensor | TopK, labels: torch.Tensor | None = None,
