@@ -66,3 +66,23 @@ def test_pt2e_int8_quantizes_the_fused_linear_and_matches_the_unfused_program() 
     # observers after the projections differs (unfused, the cat shares their ranges).
     assert err[True] <= 1.5 * err[False] + 1e-3, err
     assert err[True] < 0.05 * ref.abs().max().item(), err
+
+
+def test_keep_float_leaves_the_named_modules_out_of_int8(tmp_path) -> None:
+    pytest.importorskip("torchao")
+    import slimkit
+    from slimkit.core import Context, MethodError, Targets, records
+    from slimkit.export.pt2e import Pt2eExport
+
+    torch.manual_seed(0)
+    m = QKV().eval()
+    calib = [(torch.randn(4, 6, 32),) for _ in range(2)]
+    ctx = Context(calib_data=calib, example_inputs=calib[0])
+    ctx.extras["export_dir"] = tmp_path
+    out = slimkit.apply(m, Pt2eExport(keep_float=("out", "re:no.*"), check=False), Targets(), ctx)
+    assert records(out)[-1].data["float_modules"] == ["out", "nobias"]
+    program = torch.export.load(str(tmp_path / "model.pt2"))
+    quantized = [n for n in program.graph.nodes if n.target is LINEAR and "dequantize" in str(n.args[1].target)]
+    assert _linears(program.graph_module) == 3 and len(quantized) == 1  # only the fused q/k/v is int8
+    with pytest.raises(MethodError, match="matches no module"):
+        slimkit.apply(m, Pt2eExport(keep_float=("missing*",)), Targets(), ctx)

@@ -54,19 +54,21 @@ def fuse_sibling_linears(gm: fx.GraphModule) -> int:
     Each group becomes ``linear(x, cat(W), cat(b))`` -> ``split_with_sizes`` -> one
     ``getitem`` per original output. The fused weights are registered on ``gm`` as
     ``_fused_linear_{i}_weight``/``_bias``; the originals stay until nothing reads them
-    (:func:`slimkit.export.pt2e.drop_unused_attributes`). Node metadata is not filled in:
-    re-trace the module (``torch.export.export``) before anything that needs shapes.
+    (:func:`slimkit.export.pt2e.drop_unused_attributes`). The new nodes get the metadata a
+    PT2E quantizer reads (fake-tensor values, the Linear's source stack), so ``gm`` can go
+    straight to ``prepare_pt2e``.
     """
     groups = _groups(gm)
-    for i, nodes in enumerate(groups):
+    first = sum(1 for name, _ in gm.named_parameters() if name.startswith("_fused_linear_") and name.endswith("_weight"))
+    for i, nodes in enumerate(groups, start=first):
         weights = [_attr(gm, n.args[1]) for n in nodes]
         biases = [_attr(gm, n.args[2]) for n in nodes] if len(nodes[0].args) > 2 and nodes[0].args[2] is not None \
             else None
         sizes = [int(w.shape[0]) for w in weights]
         gm.register_parameter(f"_fused_linear_{i}_weight",
-                              nn_param(torch.cat([w.detach() for w in weights], dim=0)))  # [sum(out), in]
+                              _frozen(torch.cat([w.detach() for w in weights], dim=0)))  # [sum(out), in]
         if biases is not None:
-            gm.register_parameter(f"_fused_linear_{i}_bias", nn_param(torch.cat([b.detach() for b in biases])))
+            gm.register_parameter(f"_fused_linear_{i}_bias", _frozen(torch.cat([b.detach() for b in biases])))
         graph = gm.graph
         with graph.inserting_before(nodes[0]):
             w_node = graph.get_attr(f"_fused_linear_{i}_weight")
@@ -109,6 +111,6 @@ def _fill_meta(gm: fx.GraphModule, originals: list[fx.Node], fused: fx.Node, par
     fused.meta["source_fn_stack"] = [(fused.name, torch.nn.functional.linear)]
 
 
-def nn_param(t: torch.Tensor) -> torch.nn.Parameter:
+def _frozen(t: torch.Tensor) -> torch.nn.Parameter:
     """A frozen parameter (the program is for inference)."""
     return torch.nn.Parameter(t, requires_grad=False)

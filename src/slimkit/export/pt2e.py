@@ -22,7 +22,7 @@ The artifact is the converted program saved with ``torch.export.save`` (``model.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -97,7 +97,7 @@ def has_token_inputs(batch: Batch) -> bool:
                for x in (*args, *kwargs.values()))
 
 
-def _quantizer(xiq: Any, static: bool) -> Any:
+def _quantizer(xiq: Any, static: bool, float_modules: Sequence[str] = ()) -> Any:
     class Quantizer(xiq.X86InductorQuantizer):
         # torchao 0.18 fails on HF's GELU modules (an empty source partition) when it
         # looks for Linear->GELU pairs; without the pair annotation each Linear is still
@@ -107,12 +107,14 @@ def _quantizer(xiq: Any, static: bool) -> Any:
 
     q = Quantizer()
     q.set_global(xiq.get_default_x86_inductor_quantization_config(is_dynamic=not static))
+    for name in float_modules:
+        q.set_module_name_qconfig(name, None)  # this module's ops stay float
     return q
 
 
 def quantize_pt2e(model: nn.Module, example_inputs: Batch, calib: Iterable[Batch] | None = None, *,
                   static: bool = True, dynamic_shapes: bool | None = None,
-                  fuse_linears: bool = True) -> torch.export.ExportedProgram:
+                  fuse_linears: bool = True, float_modules: Sequence[str] = ()) -> torch.export.ExportedProgram:
     """The int8 program of ``model`` (a new object; ``model`` is not changed).
 
     ``static`` needs ``calib`` (a few batches like the ones served; they may vary in batch
@@ -122,6 +124,8 @@ def quantize_pt2e(model: nn.Module, example_inputs: Batch, calib: Iterable[Batch
     symbolic batch (a channels-last stride assertion), so an image program serves the
     shape of ``example_inputs``. ``fuse_linears`` packs Linears that read the same tensor
     (attention's Q, K, V) into one GEMM first (:func:`~.graph_passes.fuse_sibling_linears`).
+    ``float_modules`` (qualified module names) stay float: the sensitive layers an int8
+    program can leave out (a fused Q/K/V GEMM belongs to the first of its projections).
     """
     quantize_pt2e_mod, xiq = _torchao_pt2e()
     calib = list(calib) if calib is not None else []
@@ -149,7 +153,7 @@ def quantize_pt2e(model: nn.Module, example_inputs: Batch, calib: Iterable[Batch
             graph = torch.export.export(model, args, kwargs, dynamic_shapes=ds).module()
             if fuse_linears:
                 fuse_sibling_linears(graph)
-            prepared = quantize_pt2e_mod.prepare_pt2e(graph, _quantizer(xiq, static))
+            prepared = quantize_pt2e_mod.prepare_pt2e(graph, _quantizer(xiq, static, float_modules))
             for batch in calib if static else calib[:1]:
                 a, k = batch_args(batch)
                 prepared(*a, **k)
@@ -237,7 +241,8 @@ def signature(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, ...]:
 
 
 def write_pt2e(model: nn.Module, example_inputs: Batch, dest: str | os.PathLike[str], *, static: bool = True,
-               calib: Iterable[Batch] | None = None, check: bool = True, fuse_linears: bool = True) -> dict[str, Any]:
+               calib: Iterable[Batch] | None = None, check: bool = True, fuse_linears: bool = True,
+               float_modules: Sequence[str] = ()) -> dict[str, Any]:
     """Quantize ``model``, save ``dest`` and return what was done and measured.
 
     With ``check``, the saved file is loaded back, compiled and run on ``example_inputs``;
@@ -246,9 +251,11 @@ def write_pt2e(model: nn.Module, example_inputs: Batch, dest: str | os.PathLike[
     from .artifact import deviation
 
     dest = Path(dest)
-    program = quantize_pt2e(model, example_inputs, calib, static=static, fuse_linears=fuse_linears)
+    program = quantize_pt2e(model, example_inputs, calib, static=static, fuse_linears=fuse_linears,
+                           float_modules=float_modules)
     save_pt2(program, dest)
-    info: dict[str, Any] = {"file": dest.name, "int8": "static" if static else "dynamic", "bytes": dest.stat().st_size}
+    info: dict[str, Any] = {"file": dest.name, "int8": "static" if static else "dynamic", "bytes": dest.stat().st_size,
+                            "float_modules": list(float_modules)}
     info["int8_ops"] = sum(1 for n in program.graph.nodes
                            if n.op == "call_function" and "quantize_per_channel" in str(n.target))
     if check:
@@ -258,7 +265,11 @@ def write_pt2e(model: nn.Module, example_inputs: Batch, dest: str | os.PathLike[
 
 @method_config
 class Pt2eExport(MethodConfig):
-    """Write the model as a PT2E int8 program for PyTorch's x86 Inductor backend (``.pt2``)."""
+    """Write the model as a PT2E int8 program for PyTorch's x86 Inductor backend (``.pt2``).
+
+    ``keep_float``: module-name patterns (fnmatch, or ``re:`` regex) whose ops stay float,
+    for layers too sensitive for int8; a pattern that matches nothing is an error.
+    """
 
     kind = "export.pt2e"
     stage = "export"
@@ -268,6 +279,7 @@ class Pt2eExport(MethodConfig):
     calib_batches: int = 8
     check: bool = True
     fuse_linears: bool = True
+    keep_float: tuple[str, ...] = ()
 
     def validate(self) -> None:
         self._require(self.file.endswith(".pt2") and "/" not in self.file, "file", "a file name ending in .pt2",
@@ -283,7 +295,22 @@ def pt2e_export(model: nn.Module, config: Pt2eExport, targets: Targets, ctx: Con
     batch = ctx.need("example_inputs", config.kind)
     static = config.int8 == "static"
     calib = list(ctx.calib_data)[: config.calib_batches] if (static and ctx.calib_data) else None
+    float_modules = _matching(model, config.keep_float)
     info = write_pt2e(model, batch, out_dir / config.file, static=static, calib=calib, check=config.check,
-                      fuse_linears=config.fuse_linears)
+                      fuse_linears=config.fuse_linears, float_modules=float_modules)
     summary = {k: info[k] for k in ("file", "int8", "bytes", "mean_cosine") if k in info}
     return Record(kind=config.kind, data=info, summary=summary)
+
+
+def _matching(model: nn.Module, patterns: Sequence[str]) -> list[str]:
+    """The qualified names of ``model``'s modules that match any of ``patterns``."""
+    from ..core.targets import name_matches
+
+    names = [n for n, _ in model.named_modules() if n]
+    out = []
+    for pat in patterns:
+        hit = [n for n in names if name_matches(n, pat)]
+        if not hit:
+            raise MethodError(f"export.pt2e keep_float: pattern {pat!r} matches no module")
+        out += [n for n in hit if n not in out]
+    return out
