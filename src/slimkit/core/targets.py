@@ -24,11 +24,6 @@ def _match(pattern: str, name: str) -> bool:
     return fnmatch.fnmatchcase(name, pattern)
 
 
-def name_matches(name: str, pattern: str) -> bool:
-    """Whether dotted module ``name`` matches one pattern as ``Targets`` reads it (fnmatch, or ``re:`` regex)."""
-    return _match(pattern, name)
-
-
 def _type_names(module: nn.Module) -> set[str]:
     return {cls.__name__ for cls in type(module).__mro__}
 

@@ -62,8 +62,8 @@ def fuse_sibling_linears(gm: fx.GraphModule) -> int:
     first = sum(1 for name, _ in gm.named_parameters() if name.startswith("_fused_linear_") and name.endswith("_weight"))
     for i, nodes in enumerate(groups, start=first):
         weights = [_attr(gm, n.args[1]) for n in nodes]
-        biases = [_attr(gm, n.args[2]) for n in nodes] if len(nodes[0].args) > 2 and nodes[0].args[2] is not None \
-            else None
+        bias_nodes = [(*n.args, None)[2] for n in nodes]  # all get_attr or all None (see _groups)
+        biases = None if bias_nodes[0] is None else [_attr(gm, b) for b in bias_nodes]
         sizes = [int(w.shape[0]) for w in weights]
         gm.register_parameter(f"_fused_linear_{i}_weight",
                               _frozen(torch.cat([w.detach() for w in weights], dim=0)))  # [sum(out), in]
@@ -94,9 +94,13 @@ def _fill_meta(gm: fx.GraphModule, originals: list[fx.Node], fused: fx.Node, par
     """Give the new nodes what quantizers read from an exported graph: fake-tensor values
     (``val``, under the graph's own fake mode so symbolic batch/sequence sizes carry over)
     and the Linear source/module stacks (the x86 quantizer finds Linears by ``source_fn_stack``)."""
+    for key in ("nn_module_stack", "stack_trace"):
+        if key in originals[0].meta:
+            fused.meta[key] = originals[0].meta[key]
+    fused.meta["source_fn_stack"] = [(fused.name, torch.nn.functional.linear)]
     x_val = originals[0].args[0].meta.get("val")
     fake_mode = getattr(x_val, "fake_mode", None)
-    if fake_mode is None:
+    if fake_mode is None:  # a graph without fake values (not from torch.export): nothing to carry over
         return
     with fake_mode:
         for node in fused.args[1:]:
@@ -105,10 +109,6 @@ def _fill_meta(gm: fx.GraphModule, originals: list[fx.Node], fused: fx.Node, par
         parts.meta["val"] = torch.ops.aten.split_with_sizes.default(fused.meta["val"], *parts.args[1:])
     for j, out in enumerate(outs):
         out.meta["val"] = parts.meta["val"][j]
-    for key in ("nn_module_stack", "stack_trace"):
-        if key in originals[0].meta:
-            fused.meta[key] = originals[0].meta[key]
-    fused.meta["source_fn_stack"] = [(fused.name, torch.nn.functional.linear)]
 
 
 def _frozen(t: torch.Tensor) -> torch.nn.Parameter:

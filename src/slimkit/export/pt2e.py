@@ -303,13 +303,11 @@ def pt2e_export(model: nn.Module, config: Pt2eExport, targets: Targets, ctx: Con
 
 
 def _matching(model: nn.Module, patterns: Sequence[str]) -> list[str]:
-    """The qualified names of ``model``'s modules that match any of ``patterns``."""
-    from ..core.targets import name_matches
-
-    names = [n for n, _ in model.named_modules() if n]
-    out = []
+    """The qualified names of ``model``'s modules that match any of ``patterns`` (read as
+    ``Targets`` reads them), in pattern order."""
+    out: list[str] = []
     for pat in patterns:
-        hit = [n for n in names if name_matches(n, pat)]
+        hit = [n for n, _ in Targets(include=(pat,)).iter(model) if n]
         if not hit:
             raise MethodError(f"export.pt2e keep_float: pattern {pat!r} matches no module")
         out += [n for n in hit if n not in out]
