@@ -170,3 +170,18 @@ def test_cache_runs_the_teacher_once_per_distinct_batch_object() -> None:
     cache_outputs(teacher, equal_but_distinct)
     assert teacher.calls == 4
     torch.testing.assert_close(out[1], teacher(**base[1]))
+
+
+def test_dropout_option_is_validated_and_reaches_the_loop() -> None:
+    assert DistillEmbedding.from_dict({"dropout": 0}).dropout == 0
+    with pytest.raises(Exception, match="dropout"):
+        DistillEmbedding(dropout=1.5)
+    teacher, data = TinyEncoder(seed=1), batches(3, 6)
+    runs = []
+    for rate in (None, 0.0):
+        student = TinyEncoder(seed=2)
+        student.layers.append(nn.Dropout(0.5))
+        runs.append(slimkit.apply(student, DistillEmbedding(steps=5, lr=0.05, dropout=rate), Targets(),
+                                  Context(train_data=data, teacher=teacher, progress=False, seed=0)))
+        assert runs[-1].layers[-1].p == 0.5  # the rate is restored after training
+    assert not torch.equal(runs[0].layers[0][0].weight, runs[1].layers[0][0].weight)

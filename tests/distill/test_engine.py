@@ -247,3 +247,25 @@ def test_embedding_recipe_aligns_student_with_teacher(loss):
     assert start < 0.5 and fidelity(out) > 0.95
     assert records(out)[-1].summary["final_loss"] < 0.05
     assert fidelity(student) == start  # apply() trained a copy
+
+
+def test_dropout_override_trains_as_without_dropout_and_restores_the_rates():
+    """``dropout=0`` on a student with Dropout(0.3) gives exactly the weights of the same student
+    without Dropout; the rates seen in training are the override and come back afterwards."""
+    seen: list[float] = []
+    student, _ = _run(seed=5, dropout=0.0)
+    drop = student[2]
+    assert drop.p == 0.3  # restored
+    plain = _mlp(0, dropout=0.3)
+    plain[2] = nn.Identity()
+    distill(plain, TEACHER, _data(), loss=_kd, steps=20, lr=1e-2, schedule="cosine", warmup=3, clip_norm=1.0, seed=5)
+    assert _equal(_weights(student), _weights(plain))
+    with_drop, _ = _run(seed=5)
+    assert not _equal(_weights(student), _weights(with_drop))  # the override changed training
+
+    probe = _mlp(0, dropout=0.3)
+    probe[2].register_forward_hook(lambda m, i, o: seen.append(m.p))
+    distill(probe, TEACHER, _data(), loss=_kd, steps=2, lr=1e-2, dropout=0.5)
+    assert seen == [0.5, 0.5] and probe[2].p == 0.3
+    with pytest.raises(MethodError, match="dropout"):
+        distill(_mlp(0), TEACHER, _data(), loss=_kd, steps=1, dropout=1.0)

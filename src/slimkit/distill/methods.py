@@ -55,6 +55,7 @@ class _TrainOptions(MethodConfig):
     keep_best: bool = False
     seed: int | None = None  # None: ctx.seed
     freeze: tuple[str, ...] = ()  # fnmatch patterns of parameter names left untrained
+    dropout: float | None = None  # None: the model's own rates; a float: every Dropout's rate while training
 
     def validate(self) -> None:
         self._require(self.steps > 0, "steps", "a positive int", self.steps)
@@ -69,6 +70,8 @@ class _TrainOptions(MethodConfig):
         self._require(self.patience is None or self.patience > 0, "patience", "a positive int or null", self.patience)
         self._require(all(isinstance(p, str) and p for p in self.freeze), "freeze",
                       "a list of parameter-name patterns", self.freeze)
+        self._require(self.dropout is None or 0.0 <= self.dropout < 1.0, "dropout", "a rate in [0, 1) or null",
+                      self.dropout)
 
 
 @method_config
@@ -152,7 +155,7 @@ def _distill(model: nn.Module, config: _TrainOptions, ctx: Context, data: Any, l
         eval_every=config.eval_every, metric=config.metric, mode=config.mode,
         early_stopping_patience=config.patience, keep_best=config.keep_best,
         seed=ctx.seed if config.seed is None else config.seed, teacher_cache=teacher_cache,
-        device=ctx.device, progress=ctx.progress, desc=config.kind,
+        device=ctx.device, progress=ctx.progress, desc=config.kind, dropout=config.dropout,
     )
 
 
