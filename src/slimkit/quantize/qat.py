@@ -24,6 +24,7 @@ with the same per-channel scales are what an int8 execution path consumes.
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 from typing import Any, Literal
 
@@ -39,7 +40,7 @@ from ..core import (
     register_method,
     register_replay,
 )
-from ..core.context import call_model
+from ..core.context import forward_batches
 from .affine import check_bits, fake_quant
 from .granularity import per_channel
 from .observers import MSEObserver
@@ -222,23 +223,21 @@ def calibrate(model: nn.Module, layers: list[QATLayer], ctx: Context, n_batches:
         return
     for layer in layers:
         layer.observing = True
-    was = model.training
-    model.eval()
     try:
-        with torch.no_grad():
-            if ctx.calib_data is not None:
-                for i, batch in enumerate(ctx.calib_data):
-                    if i >= n_batches:
-                        break
-                    call_model(model, batch)
-            else:
-                loss_fn = ctx.need("loss_fn", what)
-                for i, batch in enumerate(ctx.need("train_data", what)):
-                    if i >= n_batches:
-                        break
-                    loss_fn(model, batch)
+        if ctx.calib_data is not None:
+            forward_batches(model, itertools.islice(ctx.calib_data, n_batches))
+        else:  # training batches go through the task's loss_fn, which knows their (inputs, labels) layout
+            loss_fn = ctx.need("loss_fn", what)
+            train = itertools.islice(ctx.need("train_data", what), n_batches)
+            was = model.training
+            model.eval()
+            try:
+                with torch.no_grad():
+                    for batch in train:
+                        loss_fn(model, batch)
+            finally:
+                model.train(was)
     finally:
-        model.train(was)
         for layer in layers:
             layer.finish_observing()
 
