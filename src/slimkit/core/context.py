@@ -81,11 +81,14 @@ def to_device(obj: Any, device: torch.device) -> Any:
     return obj
 
 
-def forward_batches(model: nn.Module, batches: Iterable[Batch], hooks: Iterable[Any] = ()) -> int:
+def forward_batches(model: nn.Module, batches: Iterable[Batch], hooks: Iterable[Any] = (),
+                    run: Callable[[nn.Module, Batch], Any] | None = None) -> int:
     """Run ``model`` over ``batches`` in eval mode without gradients (for calibration hooks).
 
     ``hooks`` are the handles of the calibration hooks the caller registered; they are
     removed afterwards, as the training flag is restored, even when a forward fails.
+    ``run(model, batch)`` replaces the plain forward (:func:`call_model`), e.g. a task's
+    ``loss_fn`` for training batches whose (inputs, labels) layout only it knows.
     Returns the number of batches run.
     """
     was_training = model.training
@@ -94,7 +97,7 @@ def forward_batches(model: nn.Module, batches: Iterable[Batch], hooks: Iterable[
     try:
         with torch.no_grad():
             for batch in batches:
-                call_model(model, batch)
+                (run or call_model)(model, batch)
                 n += 1
     finally:
         model.train(was_training)

@@ -228,15 +228,7 @@ def calibrate(model: nn.Module, layers: list[QATLayer], ctx: Context, n_batches:
             forward_batches(model, itertools.islice(ctx.calib_data, n_batches))
         else:  # training batches go through the task's loss_fn, which knows their (inputs, labels) layout
             loss_fn = ctx.need("loss_fn", what)
-            train = itertools.islice(ctx.need("train_data", what), n_batches)
-            was = model.training
-            model.eval()
-            try:
-                with torch.no_grad():
-                    for batch in train:
-                        loss_fn(model, batch)
-            finally:
-                model.train(was)
+            forward_batches(model, itertools.islice(ctx.need("train_data", what), n_batches), run=loss_fn)
     finally:
         for layer in layers:
             layer.finish_observing()
