@@ -78,7 +78,7 @@ def test_corrupt_artifacts_raise_artifact_error(tmp_path: Path) -> None:
     slimkit.save(_net(), tmp_path, spec="x")
     weights = (tmp_path / "model.safetensors").read_bytes()
     (tmp_path / "model.safetensors").write_bytes(weights[: len(weights) // 2])
-    with pytest.raises(ArtifactError, match="corrupt or truncated"):
+    with pytest.raises(ArtifactError, match="model.safetensors is corrupt or was modified"):
         slimkit.restore(tmp_path, model=_net)
     (tmp_path / "manifest.json").write_text('{"records": [')
     with pytest.raises(ArtifactError, match="manifest.json is corrupt"):

@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Callable
 
@@ -15,9 +16,10 @@ from torch import nn
 from .config import MethodConfig
 from .context import Context
 from .encoding import decode_state, encode_state, layout_json
-from .errors import ArtifactError, SlimkitError
+from .errors import ArtifactError, ModelSpecError, SlimkitError
 from .record import Manifest, Record, manifest_of
 from .registry import entry_for, entry_for_kind
+from .safety import file_hashes, require_trust, verify_files
 from .targets import Targets
 
 WEIGHTS_FILE = "model.safetensors"
@@ -65,7 +67,9 @@ def save(model: nn.Module, path: str | os.PathLike[str], *, spec: str | None = N
 
     ``spec`` (e.g. ``"zoo:digits-cnn"``) says how ``restore`` rebuilds the dense model;
     models from :mod:`slimkit.zoo` carry it already. Files are written under temporary
-    names and renamed into place, so an interrupted save leaves no torn file.
+    names and renamed into place, so an interrupted save leaves no torn file. The manifest
+    lists the SHA-256 of every file in ``path`` (weights and whatever export steps wrote
+    there); a caller that adds files later re-lists them with :func:`slimkit.core.safety.seal`.
     """
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
@@ -76,6 +80,7 @@ def save(model: nn.Module, path: str | os.PathLike[str], *, spec: str | None = N
 
     tensors, layout = encode_state(model.state_dict())
     atomic_write(path / WEIGHTS_FILE, lambda p: save_file(tensors, str(p), metadata={_LAYOUT_KEY: layout_json(layout)}))
+    manifest.files = file_hashes(path)
     text = json.dumps(manifest.to_dict(), indent=2, sort_keys=False)
     atomic_write(path / MANIFEST_FILE, lambda p: Path(p).write_text(text + "\n"))
     return path
@@ -101,46 +106,89 @@ def read_manifest(path: str | os.PathLike[str]) -> Manifest:
         raise ArtifactError(f"{file} not found (is {path} a folder written by slimkit.save?)")
     try:
         doc = json.loads(file.read_text())
-        if not isinstance(doc, dict) or not isinstance(doc.get("records", []), list):
-            raise ValueError("not a slimkit manifest")
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
+        raise ArtifactError(f"{file} is corrupt or truncated: {exc}") from exc
+    try:
         return Manifest.from_dict(doc)
     except (ValueError, KeyError, TypeError) as exc:
-        raise ArtifactError(f"{file} is corrupt or truncated: {exc}") from exc
+        raise ArtifactError(f"{file} is not a manifest this slimkit can read: {exc}") from exc
 
 
 def restore(
     path: str | os.PathLike[str],
     *,
     model: nn.Module | Callable[[], nn.Module] | None = None,
+    trust_code: bool = False,
 ) -> nn.Module:
-    """Rebuild a saved model: build it densely, replay the records, load weights strictly.
+    """Rebuild a saved model: check file hashes, build it densely, replay the records, load weights strictly.
 
     The dense model comes from the manifest's ``model_spec`` through :mod:`slimkit.zoo`,
     or from ``model`` (a fresh dense module or a factory) for models outside the zoo.
+    An artifact is untrusted: a ``py:module:factory`` spec (code) is only imported and
+    called with ``trust_code=True``. Anything wrong with the folder (hashes, unknown
+    format version, records that do not replay, weights that do not fit) raises
+    :class:`ArtifactError`.
     """
     path = Path(path)
     manifest = read_manifest(path)
+    check_files(path, manifest)
     if model is None:
-        if not manifest.model_spec:
-            raise ArtifactError(f"{path / MANIFEST_FILE} names no model_spec; pass model= to restore()")
-        from ..zoo import build
-
-        dense = build(manifest.model_spec)
+        dense = build_dense(path, manifest, trust_code=trust_code)
     elif isinstance(model, nn.Module):
         dense = copy.deepcopy(model)
     else:
         dense = model()
-    for record in manifest.records:
-        entry = entry_for_kind(record.kind)
-        if entry.replay is not None:
-            entry.replay(dense, record)
+    for i, record in enumerate(manifest.records, 1):
+        replay_record(dense, record, f"{path / MANIFEST_FILE}: record {i} ({record.kind})")
     state = load_weights(path)
     try:
         dense.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
+    except Exception as exc:  # RuntimeError for shapes; custom modules may raise others on bad metadata
         raise ArtifactError(f"weights in {path / WEIGHTS_FILE} do not fit the rebuilt model: {exc}") from exc
     dense.__dict__["_slimkit_manifest"] = manifest
     return dense.eval()
+
+
+def check_files(path: Path, manifest: Manifest) -> None:
+    """Check every file the manifest lists against its SHA-256 (format 1 has no hashes: warn)."""
+    if manifest.format_version < 2:
+        warnings.warn(f"{path / MANIFEST_FILE} is format_version {manifest.format_version} (no file hashes): "
+                      "file integrity is not checked; save it again to add them", stacklevel=3)
+        return
+    verify_files(path, manifest.files, (WEIGHTS_FILE, *(n for n in manifest.files if n != WEIGHTS_FILE)))
+
+
+def build_dense(path: Path, manifest: Manifest, *, trust_code: bool = False) -> nn.Module:
+    """The dense model the manifest's ``model_spec`` names (code-running specs need ``trust_code``)."""
+    where = path / MANIFEST_FILE
+    if not manifest.model_spec:
+        raise ArtifactError(f"{where} names no model_spec; pass model= to restore()")
+    require_trust(manifest.model_spec, trust_code, where)
+    from ..zoo import build
+
+    try:
+        return build(manifest.model_spec)
+    except ModelSpecError as exc:
+        raise ArtifactError(f"{where}: model_spec cannot be built: {exc}") from exc
+
+
+def replay_record(model: nn.Module, record: Record, where: str) -> None:
+    """Recreate one record's structural change; a record that does not fit is an :class:`ArtifactError`.
+
+    Records come from a file: whatever a replay function raises on data it cannot use
+    (a missing key, a wrong type, an index out of range, an unknown kind) is reported as
+    a broken artifact naming the record, never as a raw exception.
+    """
+    try:
+        entry = entry_for_kind(record.kind)
+        if entry.replay is not None:
+            entry.replay(model, record)
+    except ArtifactError:
+        raise
+    except SlimkitError as exc:
+        raise ArtifactError(f"{where} cannot be replayed: {exc}") from exc
+    except Exception as exc:
+        raise ArtifactError(f"{where} cannot be replayed: {type(exc).__name__}: {exc}") from exc
 
 
 def load_weights(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
