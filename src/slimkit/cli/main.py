@@ -1,25 +1,58 @@
 """``slimkit`` command line: list-methods, profile, compress, eval, bench, export, demo.
 
-User mistakes (bad recipe, unknown spec or task, missing data, corrupt artifact) exit
-with status 2 and a one-line reason on stderr; ``--debug`` shows the traceback.
-``--json`` prints exactly one JSON document on stdout; progress goes to stderr.
+User mistakes (bad recipe, unknown spec or task, missing data, corrupt artifact, bad
+option values) exit with status 2 and a one-line reason on stderr; ``--debug`` shows the
+traceback. ``--json`` prints exactly one JSON document on stdout; progress goes to stderr.
+SIGTERM is handled like Ctrl-C (exit 143 instead of 130), so ``compress`` removes its
+temporary folder beside ``--out`` either way.
+
+Commands that restore a saved folder (eval, bench, export) never import code the folder
+names (a ``py:`` model spec) or unpickle a ``.pt2`` program unless given ``--trust-code``.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import signal
 import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, NoReturn, Sequence
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with the CLI's error contract: one line on stderr, exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def at_least(low: int) -> Any:
+    """An argparse type: an integer >= ``low`` (``--batch-size 0`` is a mistake, not a request)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {value}")
+        return value
+    parse.__name__ = f"integer >= {low}"
+    return parse
+
+
+_TRUST_HELP = ("allow the saved folder to run code: import the module of a py:module:factory model spec, "
+               "unpickle a .pt2 program (only for folders you trust)")
+_RUNTIME_HELP = ("what to time: auto (default) = what the folder ships (model.pt2 or model.onnx when an export "
+                 "step wrote one, else the restored PyTorch model), or eager / onnx / pt2e")
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="slimkit", description="Make trained PyTorch models smaller and faster, measured honestly.")
+    p = _Parser(prog="slimkit", description="Make trained PyTorch models smaller and faster, measured honestly.")
     p.add_argument("--debug", action="store_true", help="show tracebacks for errors")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -29,8 +62,8 @@ def _parser() -> argparse.ArgumentParser:
     s = sub.add_parser("profile", help="params, bytes, MACs, memory-access cost, per-layer table")
     s.add_argument("--model", required=True, help="model spec: zoo:NAME, hf:PATH, py:module:factory, or a saved folder")
     s.add_argument("--task", help="also evaluate on this task")
-    s.add_argument("--batch-size", type=int, default=1)
-    s.add_argument("--seq-len", type=int, default=128)
+    s.add_argument("--batch-size", type=at_least(1), default=1)
+    s.add_argument("--seq-len", type=at_least(2), default=128)
     s.add_argument("--json", action="store_true")
 
     s = sub.add_parser("compress", help="run a recipe and write the compressed model with a report")
@@ -40,31 +73,37 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--task")
     s.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
     s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--runtime", choices=["auto", "eager", "onnx", "pt2e"], default="auto", help=_RUNTIME_HELP)
     s.add_argument("--json", action="store_true")
 
     s = sub.add_parser("eval", help="evaluate a saved model on a task")
     s.add_argument("dir", type=Path)
     s.add_argument("--task", required=True)
+    s.add_argument("--trust-code", action="store_true", help=_TRUST_HELP)
     s.add_argument("--json", action="store_true")
 
     s = sub.add_parser("bench", help="paired latency ratio of a saved model against its dense origin")
     s.add_argument("dir", type=Path)
     s.add_argument("--against", help="baseline model spec (default: the model the folder was made from)")
-    s.add_argument("--batch-size", type=int, default=1)
-    s.add_argument("--seq-len", type=int, default=128)
-    s.add_argument("--rounds", type=int, default=10)
-    s.add_argument("--threads", type=int)
+    s.add_argument("--batch-size", type=at_least(1), default=1)
+    s.add_argument("--seq-len", type=at_least(2), default=128)
+    s.add_argument("--rounds", type=at_least(1), default=10)
+    s.add_argument("--threads", type=at_least(1))
+    s.add_argument("--runtime", choices=["auto", "eager", "onnx", "pt2e"], default="auto", help=_RUNTIME_HELP)
+    s.add_argument("--trust-code", action="store_true", help=_TRUST_HELP)
     s.add_argument("--json", action="store_true")
 
     s = sub.add_parser("export", help="write a saved model as ONNX (float or int8 for ONNX Runtime) or as a "
                                       "PT2E int8 program (PyTorch x86 Inductor) and check it")
     s.add_argument("dir", type=Path)
     s.add_argument("--format", choices=["onnx", "pt2e"], default="onnx")
-    s.add_argument("--int8", choices=["none", "dynamic", "static"], default="none",
-                   help="ONNX: none/dynamic/static; pt2e: static (default) or dynamic")
+    s.add_argument("--int8", choices=["none", "dynamic", "static"],
+                   help="ONNX: none (default, float) / dynamic / static; pt2e: static (default) or dynamic "
+                        "(a PT2E program is always int8); static needs --task")
     s.add_argument("--exclude", nargs="*", default=[], help="ONNX node-name patterns kept in float")
     s.add_argument("--task", help="calibration data for --int8 static")
     s.add_argument("--out", type=Path, help="file to write (default DIR/model.onnx or DIR/model.pt2)")
+    s.add_argument("--trust-code", action="store_true", help=_TRUST_HELP)
     s.add_argument("--json", action="store_true")
 
     s = sub.add_parser("demo", help="compress the embedded default models and print before/after tables")
@@ -122,7 +161,7 @@ def _compress(args: argparse.Namespace) -> int:
     from .report import render_markdown
 
     report = compress(args.model, args.recipe, args.out, task_name=args.task, overwrite=args.overwrite,
-                      quiet=args.json, seed=args.seed)
+                      quiet=args.json, seed=args.seed, runtime=args.runtime)
     _emit(report, args.json, render_markdown(report) + f"\nwritten to {args.out}")
     return 0
 
@@ -130,7 +169,7 @@ def _compress(args: argparse.Namespace) -> int:
 def _eval(args: argparse.Namespace) -> int:
     from .pipeline import evaluate
 
-    doc = evaluate(args.dir, args.task)
+    doc = evaluate(args.dir, args.task, trust_code=args.trust_code)
     _emit(doc, args.json, "\n".join(f"{k}: {v}" for k, v in doc["metrics"].items()))
     return 0
 
@@ -139,8 +178,9 @@ def _bench(args: argparse.Namespace) -> int:
     from .pipeline import bench
 
     doc = bench(args.dir, against=args.against, batch_size=args.batch_size, seq_len=args.seq_len,
-                rounds=args.rounds, threads=args.threads)
-    text = (f"{doc['model']} vs {doc['baseline']} at batch {doc['batch_size']}: {doc['speedup']:.2f}x faster "
+                rounds=args.rounds, threads=args.threads, runtime=args.runtime, trust_code=args.trust_code)
+    text = (f"{doc['model']} ({doc['runtime']}) vs {doc['baseline']} (eager) at batch {doc['batch_size']}: "
+            f"{doc['speedup']:.2f}x faster "
             f"(IQR {doc['speedup_p25']:.2f}-{doc['speedup_p75']:.2f}; medians {doc['median_a_ms']:.3f} ms -> "
             f"{doc['median_b_ms']:.3f} ms)")
     _emit(doc, args.json, text)
@@ -151,7 +191,7 @@ def _export(args: argparse.Namespace) -> int:
     from ..export.cli import export_artifact
 
     doc = export_artifact(args.dir, out=args.out, int8=args.int8, exclude=tuple(args.exclude), task_name=args.task,
-                          fmt=args.format)
+                          fmt=args.format, trust_code=args.trust_code)
     _emit(doc, args.json, "\n".join(f"{k}: {v}" for k, v in doc.items()))
     return 0
 
@@ -168,10 +208,29 @@ _COMMANDS = {"list-methods": _list_methods, "profile": _profile, "compress": _co
              "bench": _bench, "export": _export, "demo": _demo}
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the program is, so ``finally`` blocks clean up as for Ctrl-C."""
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second TERM must not cut the clean-up short
+    raise Terminated
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    try:
+        args = _parser().parse_args(argv)
+    except SystemExit as exc:  # bad options (2) or --help (0): return the status instead of exiting
+        return exc.code if isinstance(exc.code, int) else 2
     from ..core.errors import SlimkitError
 
+    installed, previous = False, None
+    if sys.platform != "win32":
+        try:
+            previous = signal.signal(signal.SIGTERM, _on_sigterm)
+            installed = True
+        except ValueError:  # not the main thread: leave signals alone
+            pass
     try:
         return _COMMANDS[args.command](args)
     except SlimkitError as exc:
@@ -180,9 +239,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         msg = str(exc).replace("\n", " ")
         print(f"slimkit: error: {msg}", file=sys.stderr)
         return 2
+    except Terminated:
+        print("slimkit: terminated", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
         print("slimkit: interrupted", file=sys.stderr)
         return 130
+    finally:
+        if installed:
+            signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
 
 
 if __name__ == "__main__":  # pragma: no cover

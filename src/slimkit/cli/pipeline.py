@@ -16,8 +16,10 @@ from torch import nn
 from .. import measure, zoo
 from ..core import Context, Recipe, read_manifest, restore, save
 from ..core.api import MANIFEST_FILE, WEIGHTS_FILE, replace_dir
-from ..core.errors import ArtifactError
+from ..core.errors import ArtifactError, ConfigError, MethodError, ModelSpecError
+from ..core.safety import require_trust, seal
 from .report import render_markdown
+from .serving import load_runtime, shipped
 
 
 def context_for(zm: "zoo.ZooModel", task: "zoo.Task | None", *, calib_batches: int = 8, batch_size: int = 32,
@@ -64,14 +66,17 @@ def _log(msg: str, quiet: bool) -> None:
 
 
 def compress(spec: str, recipe_source: str, out: Path, *, task_name: str | None = None, overwrite: bool = False,
-             quiet: bool = False, seed: int = 0, bench_rounds: int = 10) -> dict[str, Any]:
+             quiet: bool = False, seed: int = 0, bench_rounds: int = 10, runtime: str = "auto") -> dict[str, Any]:
     """Run ``recipe`` on ``spec`` and write ``out/{model.safetensors,manifest.json,report.md,report.json}``.
 
     Validates everything (recipe, spec, task, output folder) before any work, writes into
     a temporary sibling folder and renames it into place at the end, so an interrupted run
-    leaves nothing half-written.
+    leaves nothing half-written. The report's latency times ``runtime`` (``auto``: what
+    the folder ships, e.g. the ``model.onnx`` an export step wrote) against the dense
+    eager model; the manifest is sealed last, with the hashes of every file.
     """
     recipe = Recipe.load(recipe_source)
+    _check_runtime(recipe, runtime)
     out = Path(out)
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not overwrite)):
         raise ArtifactError(f"{out} exists and is not empty (use --overwrite)")
@@ -100,23 +105,46 @@ def compress(spec: str, recipe_source: str, out: Path, *, task_name: str | None 
         after = dict(steps[-1]) if steps else snapshot(model, zm, task, reference=zm.model)
         after["profile"]["file_bytes"] = (tmp / WEIGHTS_FILE).stat().st_size
         before["profile"]["file_bytes"] = _dense_file_bytes(zm.model)
-        inputs = zm.example_inputs(1)
-        cmp = measure.compare(zm.model, model, inputs, rounds=bench_rounds)
+        rt, name = shipped(tmp, read_manifest(tmp), runtime)
+        # this run wrote the file itself, so loading a .pt2 here trusts no one else's code
+        served = model if name is None else load_runtime(tmp, read_manifest(tmp), rt, name, trust_code=True)
+        cmp = _compare(zm.model, served, zm.example_inputs(1), rt, name, rounds=bench_rounds)
         report = {
             "model": spec, "recipe": recipe.to_dict(), "task": task_name,
             "before": before, "after": after, "steps": steps,
-            "latency": {"batch": 1, **cmp.to_dict()},
+            "latency": {"batch": 1, "runtime": rt, "file": name, **cmp.to_dict()},
             "seconds": round(time.perf_counter() - t0, 2),
         }
         import json
 
         (tmp / "report.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
         (tmp / "report.md").write_text(render_markdown(report))
+        seal(tmp)
         replace_dir(tmp, out, overwrite=overwrite)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return report
+
+
+def _check_runtime(recipe: Recipe, runtime: str) -> None:
+    """``--runtime onnx|pt2e`` needs a recipe step that writes that file (checked before any work)."""
+    kinds = {"onnx": "export.onnx", "pt2e": "export.pt2e"}
+    if runtime in kinds and not any(s.config.kind == kinds[runtime] for s in recipe.steps):
+        raise ConfigError(f"--runtime {runtime}: recipe {recipe.name!r} has no {kinds[runtime]} step to time",
+                          key="runtime")
+
+
+def _compare(base: nn.Module, served: nn.Module, inputs: Any, runtime: str, name: str | None, *, rounds: int,
+             threads: int | None = None) -> measure.CompareResult:
+    """Paired latency of the eager baseline against the served model; a shipped file that
+    cannot run this batch is a clear error, not a traceback."""
+    try:
+        return measure.compare(base, served, inputs, rounds=rounds, threads=threads)
+    except Exception as exc:
+        if name is None:
+            raise
+        raise MethodError(f"{name} ({runtime}) failed on the benchmark batch: {type(exc).__name__}: {exc}") from exc
 
 
 def _last_record(model: nn.Module) -> dict[str, Any]:
@@ -133,31 +161,46 @@ def _dense_file_bytes(model: nn.Module) -> int:
         return (Path(d) / WEIGHTS_FILE).stat().st_size
 
 
-def load_artifact(path: Path) -> tuple[nn.Module, "zoo.ZooModel"]:
-    """Restore a saved model and the zoo entry it came from (for inputs, tokenizer, reference)."""
+def load_artifact(path: Path, *, trust_code: bool = False) -> tuple[nn.Module, "zoo.ZooModel"]:
+    """Restore a saved model and the zoo entry it came from (for inputs, tokenizer, reference).
+
+    The folder is untrusted: a ``py:`` model spec is refused before anything is imported
+    unless ``trust_code``; file hashes are checked by ``restore``.
+    """
     path = Path(path)
     if not (path / MANIFEST_FILE).is_file():
         raise ArtifactError(f"{path} is not a slimkit model folder (no {MANIFEST_FILE})")
     manifest = read_manifest(path)
     if not manifest.model_spec:
         raise ArtifactError(f"{path / MANIFEST_FILE} names no model_spec")
-    zm = zoo.load(manifest.model_spec)
-    return restore(path), zm
+    require_trust(manifest.model_spec, trust_code, path / MANIFEST_FILE)
+    try:
+        zm = zoo.load(manifest.model_spec)
+    except ModelSpecError as exc:
+        raise ArtifactError(f"{path / MANIFEST_FILE}: model_spec cannot be built: {exc}") from exc
+    # the zoo model is the dense origin: restore rebuilds from a copy of it instead of loading it twice
+    return restore(path, model=zm.model, trust_code=trust_code), zm
 
 
-def evaluate(path: Path, task_name: str) -> dict[str, Any]:
+def evaluate(path: Path, task_name: str, *, trust_code: bool = False) -> dict[str, Any]:
     task = zoo.get_task(task_name)
-    model, zm = load_artifact(path)
+    model, zm = load_artifact(path, trust_code=trust_code)
     task.check_model(zm)
     return {"model": str(path), "task": task_name, "metrics": task.evaluate(model, zm, reference=zm.model)}
 
 
 def bench(path: Path, *, against: str | None = None, batch_size: int = 1, seq_len: int = 128, rounds: int = 10,
-          threads: int | None = None) -> dict[str, Any]:
-    """Paired latency: the baseline (``against`` or the model's own dense origin) vs the saved model."""
-    model, zm = load_artifact(path)
+          threads: int | None = None, runtime: str = "auto", trust_code: bool = False) -> dict[str, Any]:
+    """Paired latency: the baseline (``against`` or the model's own dense origin, eager PyTorch)
+    vs what the folder ships (``runtime="auto"``: its model.pt2 / model.onnx, else the
+    restored model) or the runtime asked for. The result says which runtime and file were timed."""
+    path = Path(path)
+    model, zm = load_artifact(path, trust_code=trust_code)
+    manifest = read_manifest(path)
+    rt, name = shipped(path, manifest, runtime)
+    served = model if name is None else load_runtime(path, manifest, rt, name, threads=threads, trust_code=trust_code)
     base = zoo.load(against) if against else zm
     inputs = zm.example_inputs(batch_size, seq_len) if zm.family == "text" else zm.example_inputs(batch_size)
-    cmp = measure.compare(base.model, model, inputs, rounds=rounds, threads=threads)
-    return {"model": str(path), "baseline": base.spec, "batch_size": batch_size,
-            "seq_len": seq_len if zm.family == "text" else None, **cmp.to_dict()}
+    cmp = _compare(base.model, served, inputs, rt, name, rounds=rounds, threads=threads)
+    return {"model": str(path), "runtime": rt, "file": name, "baseline": base.spec, "baseline_runtime": "eager",
+            "batch_size": batch_size, "seq_len": seq_len if zm.family == "text" else None, **cmp.to_dict()}

@@ -47,8 +47,9 @@ def before_after_rows(report: dict[str, Any]) -> list[tuple[str, str, str, str]]
             rows.append((label, fmt(b[key]), fmt(a[key]), _ratio(b[key], a[key])))
     lat = report.get("latency")
     if lat:
+        served = lat.get("runtime", "eager") + (f": {lat['file']}" if lat.get("file") else "")
         rows.append((
-            f"latency (batch {lat.get('batch', 1)}, median)",
+            f"latency (batch {lat.get('batch', 1)}, median; after = {served})",
             f"{lat['median_a_ms']:.3f} ms", f"{lat['median_b_ms']:.3f} ms",
             f"{lat['speedup']:.2f}x faster (IQR {lat['speedup_p25']:.2f}-{lat['speedup_p75']:.2f}, same run)",
         ))
@@ -77,6 +78,7 @@ def render_markdown(report: dict[str, Any]) -> str:
                                if isinstance(v, float) and k not in _COUNT_KEYS)
             rows.append((s["step"], human_count(p["params_nonzero"]), human_bytes(p["bytes_on_disk"]), human_count(p["macs"]), metric))
         parts.append(table(rows, ("step", "non-zero params", "bytes", "MACs", "metrics")))
-    parts.append(f"\nTotal time: {report.get('seconds', 0):.1f} s. Latency ratio: baseline and compressed model "
+    parts.append(f"\nTotal time: {report.get('seconds', 0):.1f} s. Latency ratio: baseline (eager PyTorch) and "
+                 "compressed model (on the runtime that serves it: the exported file when the folder ships one) "
                  "interleaved in rounds in the same process, same inputs and threads; median of per-round medians.\n")
     return "\n".join(parts)

@@ -8,44 +8,57 @@ from typing import Any
 from .artifact import Int8Mode, write_onnx
 
 
-def export_artifact(path: Path, *, out: Path | None = None, int8: Int8Mode = "none", exclude: tuple[str, ...] = (),
+def export_artifact(path: Path, *, out: Path | None = None, int8: Int8Mode | None = None, exclude: tuple[str, ...] = (),
                     task_name: str | None = None, calib_batches: int = 8, batch_size: int = 32,
-                    fmt: str = "onnx") -> dict[str, Any]:
+                    fmt: str = "onnx", trust_code: bool = False) -> dict[str, Any]:
     """Write ``out`` (default ``path/model.onnx`` or ``path/model.pt2``) from the slimkit folder ``path``;
     return the export record.
 
-    ``fmt="pt2e"`` writes an int8 program for PyTorch (``int8`` must be "static", the
-    default there, or "dynamic").
+    ``int8``: ONNX "none" (the default: float), "dynamic" or "static"; ``fmt="pt2e"``
+    writes an int8 program for PyTorch, so there ``int8`` is "static" (the default) or
+    "dynamic", and "none" is refused with what to use instead.
 
     The float graph is checked against the restored PyTorch model (an error when it
     differs); an int8 graph's deviation is measured and returned. Static int8 takes its
-    calibration batches from ``task_name``'s calibration split.
+    calibration batches from ``task_name``'s calibration split. A file written into
+    ``path`` is added to the manifest's file hashes, so later loads can check it.
     """
     from .. import zoo
     from ..cli.pipeline import load_artifact
-    from ..core.errors import MethodError
+    from ..core.errors import ConfigError, MethodError
+    from ..core.safety import seal
 
-    model, zm = load_artifact(Path(path))
+    if fmt not in ("onnx", "pt2e"):
+        raise ConfigError(f"unknown export format {fmt!r}; expected onnx or pt2e", key="format")
+    if int8 is None:
+        int8 = "static" if fmt == "pt2e" else "none"
+    if int8 not in ("none", "dynamic", "static"):
+        raise ConfigError(f"--int8 {int8!r}: expected none, dynamic or static", key="int8")
     if fmt == "pt2e" and int8 == "none":
-        int8 = "static"
+        raise ConfigError("--format pt2e writes an int8 program: --int8 static (the default, needs --task for "
+                          "calibration) or --int8 dynamic; for a float artifact use --format onnx --int8 none",
+                          key="int8")
+    if int8 == "static" and task_name is None:
+        raise MethodError("--int8 static needs --task for calibration data (or use --int8 dynamic)")
+    task = zoo.get_task(task_name) if int8 == "static" else None  # validated before the model is restored
+    model, zm = load_artifact(Path(path), trust_code=trust_code)
     calib = None
-    if int8 == "static":
-        if task_name is None:
-            raise MethodError("--int8 static needs --task for calibration data")
-        task = zoo.get_task(task_name)
+    if task is not None:
         task.check_model(zm)
         calib = task.calibration_batches(zm, calib_batches, batch_size)
     inputs = zm.example_inputs(2)
+    suffix = ".pt2" if fmt == "pt2e" else ".onnx"
+    dest = Path(out) if out is not None else Path(path) / f"model{suffix}"
     if fmt == "pt2e":
         from .pt2e import write_pt2e
 
-        dest = Path(out) if out is not None else Path(path) / "model.pt2"
         if calib:  # an image program serves one shape: that of the batches it will see
             inputs = calib[0]
-        return {"model": str(path), "pt2": str(dest),
-                **write_pt2e(model, inputs, dest, static=int8 == "static", calib=calib)}
-    if fmt != "onnx":
-        raise MethodError(f"unknown export format {fmt!r}; expected onnx or pt2e")
-    dest = Path(out) if out is not None else Path(path) / "model.onnx"
-    info = write_onnx(model, inputs, dest, int8=int8, exclude=exclude, calib=calib)
-    return {"model": str(path), "onnx": str(dest), **info}
+        doc = {"model": str(path), "pt2": str(dest),
+               **write_pt2e(model, inputs, dest, static=int8 == "static", calib=calib)}
+    else:
+        doc = {"model": str(path), "onnx": str(dest),
+               **write_onnx(model, inputs, dest, int8=int8, exclude=exclude, calib=calib)}
+    if dest.resolve().parent == Path(path).resolve():
+        seal(path)  # the new file is part of the artifact now
+    return doc

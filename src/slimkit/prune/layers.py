@@ -38,6 +38,7 @@ from ..core import (
     register_method,
     register_replay,
 )
+from ..core.record import index_list
 
 _DEPTH_KEYS = ("num_hidden_layers", "n_layer", "num_layers")
 
@@ -194,7 +195,10 @@ def replay_layers(model: nn.Module, record: Record) -> None:
         n = len(_block_list(model, path))
         if n != info["n_before"]:
             raise MethodError(f"prune.layers replay: {path!r} has {n} blocks, the record expects {info['n_before']}")
-        drop_blocks(model, path, list(info["kept"]))
+        kept = index_list(info["kept"], n, f"prune.layers replay: {path!r}")
+        if kept != sorted(kept):
+            raise MethodError(f"prune.layers replay: kept blocks of {path!r} must be increasing, got {kept}")
+        drop_blocks(model, path, kept)
 
 
 __all__ = ["LayerDrop", "drop_blocks", "find_block_lists", "kept_blocks"]

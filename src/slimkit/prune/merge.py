@@ -34,6 +34,7 @@ from ..core import (
     register_method,
     register_replay,
 )
+from ..core.record import index_list
 from .allocation import keep_count
 
 
@@ -200,7 +201,8 @@ def replay_merge(model: nn.Module, record: Record) -> None:
         n = _weights(first, second)[0].shape[0]
         if n != info["n_before"]:
             raise MethodError(f"prune.merge replay: {first_name!r} has {n} neurons, the record expects {info['n_before']}")
-        shrink_pair(first, second, torch.tensor(info["kept"], dtype=torch.long))
+        kept = index_list(info["kept"], n, f"prune.merge replay: {first_name!r}")
+        shrink_pair(first, second, torch.tensor(kept, dtype=torch.long))
 
 
 __all__ = ["NeuronMerge", "find_pairs", "merge_plan", "shrink_pair"]

@@ -46,6 +46,7 @@ from ..core import (
     register_replay,
 )
 from ..core.context import call_model
+from ..core.record import index_list
 from . import allocation, importance
 from .graph import DependencyGraph, Group, analyze
 from .surgery import Plan, check_plan, slice_params
@@ -323,8 +324,25 @@ def _plan_json(plan: Plan) -> dict[str, dict[str, list[int]]]:
 
 
 def replay_plan(model: nn.Module, record: Record) -> None:
-    """Recreate the pruned shapes from ``record.data['plan']`` (values are overwritten by the load)."""
-    plan = {p: {int(d): k for d, k in dims.items()} for p, dims in record.data.get("plan", {}).items()}
+    """Recreate the pruned shapes from ``record.data['plan']`` (values are overwritten by the load).
+
+    The plan comes from a file: its form, dims and kept indices are checked before any slicing.
+    """
+    raw = record.data.get("plan", {})
+    if not isinstance(raw, dict) or not all(isinstance(d, dict) for d in raw.values()):
+        raise MethodError(f"{record.kind}: 'plan' must map parameter names to {{dim: kept indices}}, "
+                          f"got {type(raw).__name__}")
+    state = {**dict(model.named_parameters()), **dict(model.named_buffers())}
+    plan: Plan = {}
+    for fqn, dims in raw.items():
+        if fqn not in state:
+            raise MethodError(f"pruning record names {fqn!r}, which this model does not have")
+        shape = state[fqn].shape
+        plan[fqn] = {}
+        for d, kept in dims.items():
+            if not (isinstance(d, str) and d.isdigit() and int(d) < len(shape)):
+                raise MethodError(f"pruning record for {fqn!r}: dim {d!r} does not fit shape {tuple(shape)}")
+            plan[fqn][int(d)] = index_list(kept, shape[int(d)], f"pruning record for {fqn!r} dim {d}")
     check_plan(model, plan)
     slice_params(model, plan)
 

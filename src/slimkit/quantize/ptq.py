@@ -20,6 +20,7 @@ from torch import nn
 
 from ..core import Context, MethodConfig, MethodError, Record, Targets, method_config, register_method
 from ..core.context import forward_batches
+from ..core.record import dtype_named
 from ..core.registry import register_replay
 from ..measure.counter import register_mac_formula
 from .affine import qparams
@@ -218,7 +219,7 @@ def _apply_cast(model: nn.Module, names: list[str], dtype: torch.dtype) -> None:
 
 @register_replay(CastFloat)
 def replay_cast(model: nn.Module, record: Record) -> None:
-    _apply_cast(model, list(record.data["modules"]), getattr(torch, record.data["dtype"]))
+    _apply_cast(model, list(record.data["modules"]), dtype_named(record.data["dtype"], f"{record.kind} replay"))
 
 
 # ------------------------------------------------------------------ MAC formulas for the int8 ops

@@ -45,6 +45,7 @@ from ..core import (
     register_method,
     register_replay,
 )
+from ..core.record import dtype_named, index_list
 from ..quantize.packed import swap
 
 BERT_SPECIAL_IDS = (0, 100, 101, 102, 103)  # [PAD], [UNK], [CLS], [SEP], [MASK]
@@ -218,10 +219,13 @@ def trim_vocab(model: nn.Module, config: VocabTrim, targets: Targets, ctx: Conte
 def replay_vocab(model: nn.Module, record: Record) -> None:
     """Swap in empty :class:`TrimmedEmbedding` s of the recorded shapes (weights load afterwards)."""
     d = record.data
+    n = d["num_embeddings"]
+    if type(n) is not int or n < 1:
+        raise MethodError(f"{record.kind} replay: num_embeddings must be a positive integer, got {n!r}")
+    kept = index_list(d["kept"], n, f"{record.kind} replay")
     for name, meta in d["layers"].items():
-        new = TrimmedEmbedding(d["num_embeddings"], d["kept"], meta["embedding_dim"], unk_id=d["unk_id"],
-                               padding_idx=meta["padding_idx"])
-        swap(model, name, new.to(getattr(torch, meta.get("dtype", "float32"))))
+        new = TrimmedEmbedding(n, kept, meta["embedding_dim"], unk_id=d["unk_id"], padding_idx=meta["padding_idx"])
+        swap(model, name, new.to(dtype_named(meta.get("dtype", "float32"), f"{record.kind} replay: {name!r}")))
 
 
 __all__ = ["TrimmedEmbedding", "VocabTrim", "batch_ids", "kept_ids", "token_counts", "vocab_tables"]

@@ -78,7 +78,8 @@ class TextTokenizer:
         from transformers import AutoTokenizer
 
         self.path = Path(path)
-        self.hf = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+        # a model folder may come with an artifact: never run code it ships (auto_map classes)
+        self.hf = AutoTokenizer.from_pretrained(str(path), local_files_only=True, trust_remote_code=False)
 
     @property
     def vocab_size(self) -> int:
@@ -133,19 +134,23 @@ def _st_pooling(path: Path) -> tuple[Pooling, bool]:
 
 
 def load_hf_encoder(path: Path) -> nn.Module:
-    """The bare HF transformer from a local folder, with SDPA attention when the class supports it."""
+    """The bare HF transformer from a local folder (config + safetensors only), with SDPA
+    attention when the class supports it."""
     from transformers import AutoModel
     from transformers.utils import logging as hf_logging
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     bar = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()  # a per-load weights bar is noise in CLI reports and tests
+    # The folder is data, never code: no remote-code classes (``auto_map``), and only
+    # safetensors weights (a pickled pytorch_model.bin is refused rather than unpickled).
+    safe = {"local_files_only": True, "trust_remote_code": False, "use_safetensors": True}
     try:
         try:
-            model = AutoModel.from_pretrained(str(path), local_files_only=True, attn_implementation="sdpa")
+            model = AutoModel.from_pretrained(str(path), attn_implementation="sdpa", **safe)
         except (ValueError, ImportError):  # the architecture has no SDPA path
-            model = AutoModel.from_pretrained(str(path), local_files_only=True)
-    except OSError as exc:
+            model = AutoModel.from_pretrained(str(path), **safe)
+    except (OSError, ValueError) as exc:  # no safetensors file; remote code refused
         raise ModelSpecError(f"cannot load a Hugging Face model from {path}: {exc}") from exc
     finally:
         if bar:
