@@ -2,6 +2,12 @@
 
 A spec is the one string a saved artifact keeps to say where its dense model came from;
 ``slimkit.restore`` calls :func:`build` with it, replays the records and loads weights.
+
+``py:module:factory`` imports and calls code. A spec typed by the user (``--model``) is
+their choice; one read from an artifact's manifest is not, so ``restore`` and the CLI
+refuse it unless the caller passes ``trust_code=True`` / ``--trust-code``
+(:func:`slimkit.core.safety.require_trust`). ``zoo:`` and ``hf:`` are data: an ``hf:``
+folder loads its config and safetensors weights with ``trust_remote_code=False``.
 """
 from __future__ import annotations
 
