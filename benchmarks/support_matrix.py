@@ -31,7 +31,7 @@ from support.matrix import CELL_TIMEOUT_S, METHODS, TOLERANCES, run_cell  # noqa
 from support.models import MODELS  # noqa: E402
 
 MARK = {"ok": "ok", "unsupported": "unsupported", "FAIL": "**FAIL**"}
-MAX_MSG = 90
+MAX_MSG = 220
 
 
 def cpu_model() -> str:
@@ -46,6 +46,7 @@ def cpu_model() -> str:
 
 def shorten(text: str, n: int = MAX_MSG) -> str:
     text = " ".join(text.split()).replace("|", "/")
+    text = text.replace(" among the targets ({'include': ['*'], 'exclude': [], 'types': []})", "")
     return text if len(text) <= n else text[: n - 1] + "…"
 
 

@@ -98,6 +98,15 @@ def forward(model: nn.Module, batch: Batch) -> torch.Tensor:
         return first_tensor(call_model(model.eval(), batch)).detach().float()
 
 
+def reference(model: nn.Module, batch: Batch) -> torch.Tensor:
+    """The float model's output; a (near) zero one would make every tolerance vacuous."""
+    ref = forward(model, batch)
+    if not torch.isfinite(ref).all() or float(ref.abs().max()) < 1e-3:
+        raise CellFailure(f"the reference output is degenerate (max |y| = {float(ref.abs().max()):.2g}); "
+                          "fix the model factory")
+    return ref
+
+
 def n_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
@@ -208,7 +217,7 @@ def _structured(spec: Spec, method: str) -> str:
     model, batch = spec.factory()
     heads = method == "prune.heads"
     groups = zero_units(model, batch, heads=heads)
-    ref = forward(model, batch)
+    ref = reference(model, batch)
     config = HeadPrune(heads_per_group=1) if heads else ChannelPrune(ratio=CHANNEL_RATIO)
     pruned = slimkit.apply(model, config, ctx=slimkit.Context(example_inputs=batch))
     diff = check_close(forward(pruned, batch), ref, FLOAT_ATOL, method)
@@ -224,7 +233,7 @@ def _layers(spec: Spec, method: str) -> str:
     from slimkit.prune import LayerDrop
 
     model, batch = spec.factory()
-    ref = forward(model, batch)
+    ref = reference(model, batch)
     pruned = slimkit.apply(model, LayerDrop(drop=(0,)), slimkit.Targets(include=spec.layer_targets),
                            slimkit.Context(example_inputs=batch))
     out = forward(pruned, batch)
@@ -242,7 +251,7 @@ def _magnitude(spec: Spec, method: str) -> str:
 
     model, batch = spec.factory()
     zero_smallest(model, SPARSITY)
-    ref = forward(model, batch)
+    ref = reference(model, batch)
     pruned = slimkit.apply(model, MagnitudePrune(sparsity=SPARSITY))
     diff = check_close(forward(pruned, batch), ref, FLOAT_ATOL, method)
     reached = slimkit.records(pruned)[-1].summary["sparsity"]
@@ -256,7 +265,7 @@ def _quantize(spec: Spec, method: str) -> str:
     from slimkit.quantize.ptq import DynamicInt8, StaticInt8
 
     model, batch = spec.factory()
-    ref = forward(model, batch)
+    ref = reference(model, batch)
     config = DynamicInt8() if method == "quantize.dynamic" else StaticInt8()
     q = slimkit.apply(model, config, ctx=slimkit.Context(example_inputs=batch, calib_data=calib_batches(batch)))
     detail = check_int8(forward(q, batch), ref, method)
@@ -269,7 +278,7 @@ def _onnx(spec: Spec, method: str) -> str:
     from slimkit.export.onnx import OrtModel
 
     model, batch = spec.factory()
-    ref = forward(model, batch)
+    ref = reference(model, batch)
     with tempfile.TemporaryDirectory() as tmp:
         ctx = slimkit.Context(example_inputs=batch, extras={"export_dir": tmp})
         slimkit.apply(model, OnnxExport(), ctx=ctx)
@@ -282,7 +291,7 @@ def _pt2e(spec: Spec, method: str) -> str:
     from slimkit.export.pt2e import Pt2eExport, Pt2eModel
 
     model, batch = spec.factory()
-    ref = forward(model, batch)
+    ref = reference(model, batch)
     with tempfile.TemporaryDirectory() as tmp:
         ctx = slimkit.Context(example_inputs=batch, calib_data=calib_batches(batch), extras={"export_dir": tmp})
         slimkit.apply(model, Pt2eExport(check=False), ctx=ctx)

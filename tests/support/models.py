@@ -146,7 +146,8 @@ def _ids(vocab: int = 50, batch: int = 2, seq: int = 6, seed: int = 0) -> torch.
 
 
 # -- HF models from small random configs -----------------------------------------------------
-def _hf(config_cls: str, model_cls: str, inputs: Callable[[], Any], sub: str | None = None, **cfg: Any) -> Factory:
+def _hf(config_cls: str, model_cls: str, inputs: Callable[[], Any], sub: str | None = None,
+        post: Callable[[nn.Module], None] | None = None, **cfg: Any) -> Factory:
     def factory() -> tuple[nn.Module, Any]:
         import transformers
 
@@ -154,6 +155,9 @@ def _hf(config_cls: str, model_cls: str, inputs: Callable[[], Any], sub: str | N
         model = getattr(transformers, model_cls)(getattr(transformers, config_cls)(**cfg))
         if sub is not None:
             model = getattr(model, sub)
+        if post is not None:
+            with torch.no_grad():
+                post(model)
         return model.eval(), inputs()
 
     return factory
@@ -173,7 +177,25 @@ def _image_batch(size: int) -> Callable[[], torch.Tensor]:
     return lambda: torch.randn(2, 3, size, size, generator=_gen())
 
 
+def _random_tables(model: nn.Module) -> None:
+    """Swin initialises its relative position bias tables to zero; random ones make a wrong
+    slice of them visible in the output."""
+    for name, p in model.named_parameters():
+        if name.endswith("relative_position_bias_table"):
+            p.normal_(0.0, 0.5)
+
+
+def _kaiming_convs(model: nn.Module) -> None:
+    """HF's MobileNetV2 init (std 0.02 convs) makes the random tiny model's output vanish
+    (~1e-25), which would make every numeric check vacuous; He init keeps it O(1)."""
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+
+
 NEW_FACTORIES: dict[str, Factory] = {
+    "mobilenet_v2": _hf("MobileNetV2Config", "MobileNetV2Model", _image_batch(16), post=_kaiming_convs,
+                        depth_multiplier=0.35),
     "qwen2": _hf("Qwen2Config", "Qwen2Model", _token_batch, **_DECODER),
     "mistral": _hf("MistralConfig", "MistralModel", _token_batch, **_DECODER),
     "gpt_neox": _hf("GPTNeoXConfig", "GPTNeoXModel", _token_batch, vocab_size=50, hidden_size=32,
@@ -194,7 +216,7 @@ NEW_FACTORIES: dict[str, Factory] = {
                     conv_dim=(16, 16), conv_stride=(5, 2), conv_kernel=(10, 3), num_conv_pos_embeddings=8,
                     num_conv_pos_embedding_groups=4, vocab_size=50),
     "deit": _hf("DeiTConfig", "DeiTModel", _image_batch(16), **_VIT),
-    "swin": _hf("SwinConfig", "SwinModel", _image_batch(32), image_size=32, patch_size=4, embed_dim=16,
+    "swin": _hf("SwinConfig", "SwinModel", _image_batch(32), post=_random_tables, image_size=32, patch_size=4, embed_dim=16,
                 depths=[1, 1], num_heads=[2, 4], window_size=4),
     "densenet": _torch_model(DenseNet, _image_batch(32)),
     "unet": _torch_model(UNet, _image_batch(32)),

@@ -29,7 +29,7 @@ _SHAPE_LIKE = {"full_like", "zeros_like", "ones_like", "empty_like", "new_ones",
 # results that carry no channel: fine on unlabelled inputs; a labelled input is frozen (conservative)
 _NO_LABEL = {"arange", "full", "zeros", "ones", "empty", "ge", "gt", "le", "lt", "eq", "ne", "__and__", "__or__",
              "logical_not", "bitwise_not", "scalar_tensor", "sym_size", "cumsum", "diff", "rand", "randn", "triu",
-             "tril", "isnan", "index", "gather", "argmax", "argmin", "sort", "topk"}
+             "tril", "isnan", "gather", "argmax", "argmin", "sort", "topk"}
 _SKIP = {"_assert_tensor_metadata", "_assert_scalar", "sym_constrain_range_for_size", "_assert_async"}
 
 
@@ -170,6 +170,29 @@ class _Propagator:
         if bad.any():
             self.L.freeze(ids[bad], "reads the model input or an unlabelled value")
 
+    def fixed_size_operands(self, out: np.ndarray, bare: list[tuple[int, ...] | None], ndim: int, op: str) -> None:
+        """Freeze units that meet, elementwise, a computed tensor with a full-size dim across them.
+
+        ``scores + bias`` where ``bias`` ([1, H, N, N], say Swin's indexed relative position
+        table seen through an op the analysis does not follow) cannot shrink with the heads of
+        ``scores``: removing a head would leave the operands' shapes mismatched. Dims along
+        which the computed operand has size 1 (masks broadcast over heads) or along which the
+        labels stay inside one unit (rotary tables across a head's dims) are fine.
+        """
+        for s in bare:
+            if s is None:
+                self.L.freeze(out, f"{op} with a computed tensor of unknown shape")
+                return
+            s = (1,) * (ndim - len(s)) + tuple(s)
+            for d in range(ndim):
+                if s[d] > 1 and out.shape[d] > 1 and self._several_units_along(out, d):
+                    self.L.freeze(out, f"{op} with a computed full-size tensor along a channel dim")
+                    return
+
+    def _several_units_along(self, lab: np.ndarray, dim: int) -> bool:
+        roots = np.moveaxis(self.L.roots(lab), dim, -1).reshape(-1, lab.shape[dim])
+        return any(len(set(r[r >= 0].tolist())) > 1 for r in roots)
+
     def freeze_all(self, node: Any, reason: str) -> None:
         for a in node.all_input_nodes:
             v = self.lab(a) if a.op == "placeholder" else self.labels.get(a)
@@ -211,16 +234,18 @@ class _Propagator:
                 return None
             return x if x is None or shape is None or x.ndim == len(shape) else None
         if op in _BINARY:
-            labs = [self.lab(a) for a in args if hasattr(a, "op")]
-            labs = [lab for lab in labs if lab is not None]
-            if not labs or shape is None:
+            tensors = [a for a in args if hasattr(a, "op")]
+            labs = [self.lab(a) for a in tensors]
+            if all(lab is None for lab in labs) or shape is None:
                 return None
-            labs = [lab.reshape((1,) * (len(shape) - lab.ndim) + lab.shape) for lab in labs]
+            bare = [_shape(a) for a, lab in zip(tensors, labs) if lab is None]
+            labs = [lab.reshape((1,) * (len(shape) - lab.ndim) + lab.shape) for lab in labs if lab is not None]
             out = labs[0]
             for other in labs[1:]:
                 self.L.unify(out, other)
                 a, b = np.broadcast_arrays(out, other)
                 out = _compress(np.where(a >= 0, a, b))
+            self.fixed_size_operands(out, bare, len(shape), op)
             return out
         handler = getattr(self, f"op_{op}", None)
         if handler is not None:
@@ -391,6 +416,37 @@ class _Propagator:
         return [x.take(np.arange(bounds[i], bounds[i + 1]), axis=dim) for i in range(len(sizes))]
 
     op_split_with_sizes = op_split
+
+    def op_chunk(self, node, args, kw, x, shape):
+        src = _shape(args[0])
+        if x is None or src is None:
+            return None
+        dim = (args[2] if len(args) > 2 else kw.get("dim", 0)) % len(src)
+        size = -(-src[dim] // args[1])  # torch.chunk: equal chunks of ceil(n / chunks)
+        return self.op_split(node, [args[0], size, dim], {}, x, shape)
+
+    def op_index(self, node, args, kw, x, shape):
+        """``table[idx]`` with constant index tensors (Swin's relative position bias table).
+
+        Labels pass when they are constant along every indexed dim (the channels are in the
+        other dims); the indexed dims are replaced by the index tensors' dims, as torch does.
+        """
+        if x is None or shape is None:
+            return None
+        indices = list(args[1])
+        dims = [d for d, i in enumerate(indices) if i is not None]
+        if any(self.labels.get(i) is not None for i in indices if i is not None) or \
+                any(x.shape[d] > 1 for d in dims if d < x.ndim):
+            self.freeze_all(node, "indexed by a tensor")
+            return None
+        n_new = len(shape) - (x.ndim - len(dims))
+        at = dims[0] if dims == list(range(dims[0], dims[-1] + 1)) else 0
+        rest = np.squeeze(x, tuple(dims))
+        out = rest.reshape(rest.shape[:at] + (1,) * n_new + rest.shape[at:])
+        if out.ndim != len(shape):
+            self.freeze_all(node, "indexed by a tensor")
+            return None
+        return out
 
     def op_select(self, node, args, kw, x, shape):
         if x is None:
