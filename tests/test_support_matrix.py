@@ -25,13 +25,37 @@ MUST_WORK = {
 }
 
 
+# Cells failing on this branch whose fixes are being made on other branches (strict xfail:
+# once a fix is merged the cell passes, the xfail turns into a failure, and its entry must go)
+_HF_EXPORT = "HF ModelOutput / use_cache / enc-dec export: fixed on the HF/export helper's branch"
+_QUANT_SWAP = "a module reads .weight of a swapped int8 layer: fixed on the quantization-swap branch"
+_RECURRENT = "LSTM/GRU pruning and export: fixed on the recurrent helper's branch"
+KNOWN_BROKEN: dict[tuple[str, str], str] = {
+    **{(m, "export.onnx"): _HF_EXPORT for m in ("distilbert", "t5_encoder", "vit", "convnext", "resnet",
+                                                "mobilenet_v2", "bart", "whisper_encoder", "wav2vec2", "deit",
+                                                "swin")},
+    ("roberta", "export.pt2e"): _HF_EXPORT,
+    ("bart", "export.pt2e"): _HF_EXPORT,
+    ("t5_encoder", "quantize.dynamic"): _QUANT_SWAP,
+    ("t5_encoder", "quantize.static"): _QUANT_SWAP,
+    ("vit", "quantize.static"): _QUANT_SWAP,
+    ("deit", "quantize.static"): _QUANT_SWAP,
+    ("mha", "quantize.dynamic"): _QUANT_SWAP,
+    ("lstm", "prune.channel"): _RECURRENT,
+    ("gru", "prune.channel"): _RECURRENT,
+    ("lstm", "export.pt2e"): _RECURRENT,
+    ("gru", "export.pt2e"): _RECURRENT,
+}
+
+
 def _cells() -> list:
     out = []
     for model in MODELS:
         for method in METHODS:
-            slow = model in SLOW_MODELS or method in SLOW_METHODS
-            out.append(pytest.param(model, method, id=f"{model}-{method}",
-                                    marks=[pytest.mark.slow] if slow else []))
+            marks = [pytest.mark.slow] if model in SLOW_MODELS or method in SLOW_METHODS else []
+            if (model, method) in KNOWN_BROKEN:
+                marks.append(pytest.mark.xfail(strict=True, reason=KNOWN_BROKEN[model, method]))
+            out.append(pytest.param(model, method, id=f"{model}-{method}", marks=marks))
     return out
 
 

@@ -13,6 +13,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..core.errors import MethodError
+
 Axis = tuple[str, int]  # (parameter or buffer qualified name, dim)
 
 _PASS = {
@@ -36,6 +38,15 @@ _SKIP = {"_assert_tensor_metadata", "_assert_scalar", "sym_constrain_range_for_s
 def _split(fqn: str) -> tuple[str, str]:
     mod, _, name = fqn.rpartition(".")
     return mod, name
+
+
+def _module_of(node: Any) -> str:
+    """``'path' (Class)`` of the innermost module a traced node came from (for error messages)."""
+    stack = node.meta.get("nn_module_stack") or {}
+    if not stack:
+        return "<model>"
+    path, cls = list(stack.values())[-1]
+    return f"{path!r} ({getattr(cls, '__name__', str(cls).rpartition('.')[2])})"
 
 
 def _op_name(target: Any) -> str:
@@ -205,7 +216,12 @@ class _Propagator:
             if node.op == "placeholder":
                 continue  # parameters get labels lazily, only where used as plain tensors
             elif node.op == "call_function":
-                out = self.visit(node, _op_name(node.target), list(node.args), dict(node.kwargs))
+                op = _op_name(node.target)
+                try:
+                    out = self.visit(node, op, list(node.args), dict(node.kwargs))
+                except Exception as exc:  # an op form the handlers do not expect: name the module it came from
+                    raise MethodError(f"structured pruning cannot analyse {op} ({node.name}) in module "
+                                      f"{_module_of(node)}: {type(exc).__name__}: {exc}") from exc
                 if out is not None:
                     self.labels[node] = out
             elif node.op == "output":
