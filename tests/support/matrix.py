@@ -69,7 +69,7 @@ TOLERANCES: dict[str, str] = {
                    f"rel L2 err <= {INT8_TOL['rel']}",
     "save/restore": "prune.magnitude record saved, restored into a fresh model: bit-identical output",
 }
-CELL_TIMEOUT_S = 120
+CELL_TIMEOUT_S = 300  # generous: a loaded 2-core machine runs torchao's conv-BN folding for ~100 s
 
 
 class CellFailure(AssertionError):
