@@ -21,11 +21,16 @@ GPT-2 with ``scale_attn_by_inverse_layer_idx=True`` bakes ``1/(layer_idx+1)`` in
 block at construction; the pruned model keeps the original scaling, but a
 ``from_pretrained`` reload would recompute it from the new indices, so prefer
 ``slimkit.save``/``restore`` there.
+
+With example inputs (``Context.example_inputs`` or ``calib_data``) the blocks to drop are
+run once first: a block whose output shape differs from its input's (a CNN stage that
+downsamples, a Swin stage that merges patches) cannot be dropped, and the error names it.
 """
 from __future__ import annotations
 
 from typing import Any
 
+import torch
 from torch import nn
 
 from ..core import (
@@ -38,6 +43,7 @@ from ..core import (
     register_method,
     register_replay,
 )
+from ..core.context import forward_batches
 from ..core.record import index_list
 
 _DEPTH_KEYS = ("num_hidden_layers", "n_layer", "num_layers")
@@ -170,15 +176,60 @@ def drop_blocks(model: nn.Module, path: str, kept: list[int]) -> None:
         _update_config(cfg, path, n_old, kept)
 
 
+def _first_tensor(value: Any) -> torch.Tensor | None:
+    if isinstance(value, torch.Tensor):
+        return value
+    if isinstance(value, dict) or hasattr(value, "values"):
+        value = list(value.values())
+    if isinstance(value, (tuple, list)):
+        return next((v for v in value if isinstance(v, torch.Tensor)), None)
+    return None
+
+
+def block_shapes(model: nn.Module, path: str, batch: Any) -> dict[int, tuple[tuple[int, ...], tuple[int, ...]]]:
+    """``{block index: (input shape, output shape)}`` of the hidden state through each block on ``batch``."""
+    seen: dict[int, tuple[tuple[int, ...], tuple[int, ...]]] = {}
+    hooks = []
+    for i, block in enumerate(_block_list(model, path)):
+        def hook(_m: nn.Module, args: tuple, kwargs: dict, out: Any, i: int = i) -> None:
+            x, y = _first_tensor(args), _first_tensor(out)
+            x = x if x is not None else _first_tensor(kwargs)
+            if x is not None and y is not None and i not in seen:
+                seen[i] = (tuple(x.shape), tuple(y.shape))
+        hooks.append(block.register_forward_hook(hook, with_kwargs=True))
+    forward_batches(model, [batch], hooks)
+    return seen
+
+
+def check_droppable(model: nn.Module, path: str, dropped: list[int], batch: Any, kind: str) -> None:
+    """Only blocks that map the hidden state to the same shape can go (a CNN stage that
+    downsamples, or a Swin stage that merges patches, cannot): fail naming the block."""
+    blocks = _block_list(model, path)
+    for i, (x, y) in block_shapes(model, path, batch).items():
+        if i in dropped and x != y:
+            raise MethodError(f"{kind}: block {path}.{i} ({type(blocks[i]).__name__}) maps shape {list(x)} to "
+                              f"{list(y)}; only blocks that keep the shape of their input can be dropped")
+
+
 @register_method(LayerDrop)
 def drop_layers(model: nn.Module, config: LayerDrop, targets: Targets, ctx: Context) -> Record:
     params_before = sum(p.numel() for p in model.parameters())
     lists: dict[str, dict[str, Any]] = {}
+    batch = ctx.example_inputs if ctx.example_inputs is not None else next(iter(ctx.calib_data or []), None)
     for path in find_block_lists(model, targets):
         n = len(_block_list(model, path))
         kept = kept_blocks(n, config)
+        if batch is not None:
+            check_droppable(model, path, sorted(set(range(n)) - set(kept)), batch, config.kind)
         drop_blocks(model, path, kept)
         lists[path] = {"kept": kept, "n_before": n}
+    if batch is not None:
+        try:
+            forward_batches(model, [batch])
+        except Exception as exc:  # the model's own forward raises many types on a depth it cannot take
+            raise MethodError(f"{config.kind}: the model no longer runs after dropping blocks "
+                              f"{ {p: sorted(set(range(v['n_before'])) - set(v['kept'])) for p, v in lists.items()} }"
+                              f": {type(exc).__name__}: {exc}") from exc
     params_after = sum(p.numel() for p in model.parameters())
     return Record(
         kind=config.kind,

@@ -13,6 +13,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..core.errors import MethodError
+from .propagate_ops import IndexOps, _module_of, _shape
+
 Axis = tuple[str, int]  # (parameter or buffer qualified name, dim)
 
 _PASS = {
@@ -29,7 +32,7 @@ _SHAPE_LIKE = {"full_like", "zeros_like", "ones_like", "empty_like", "new_ones",
 # results that carry no channel: fine on unlabelled inputs; a labelled input is frozen (conservative)
 _NO_LABEL = {"arange", "full", "zeros", "ones", "empty", "ge", "gt", "le", "lt", "eq", "ne", "__and__", "__or__",
              "logical_not", "bitwise_not", "scalar_tensor", "sym_size", "cumsum", "diff", "rand", "randn", "triu",
-             "tril", "isnan", "index", "gather", "argmax", "argmin", "sort", "topk"}
+             "tril", "isnan", "gather", "argmax", "argmin", "sort", "topk"}
 _SKIP = {"_assert_tensor_metadata", "_assert_scalar", "sym_constrain_range_for_size", "_assert_async"}
 
 
@@ -110,17 +113,7 @@ def _varying(lab: np.ndarray) -> list[int]:
     return [d for d in range(lab.ndim) if lab.shape[d] > 1]
 
 
-def _shape(node: Any) -> tuple[int, ...] | None:
-    val = node.meta.get("val") if hasattr(node, "meta") else None
-    if isinstance(val, torch.Tensor):
-        try:
-            return tuple(int(s) for s in val.shape)
-        except (TypeError, ValueError, RuntimeError):  # symbolic sizes: the example should be static
-            return None
-    return None
-
-
-class _Propagator:
+class _Propagator(IndexOps):
     def __init__(self, ep: torch.export.ExportedProgram, model: nn.Module) -> None:
         self.ep = ep
         self.L = _Labels()
@@ -182,7 +175,12 @@ class _Propagator:
             if node.op == "placeholder":
                 continue  # parameters get labels lazily, only where used as plain tensors
             elif node.op == "call_function":
-                out = self.visit(node, _op_name(node.target), list(node.args), dict(node.kwargs))
+                op = _op_name(node.target)
+                try:
+                    out = self.visit(node, op, list(node.args), dict(node.kwargs))
+                except Exception as exc:  # an op form the handlers do not expect: name the module it came from
+                    raise MethodError(f"structured pruning cannot analyse {op} ({node.name}) in module "
+                                      f"{_module_of(node)}: {type(exc).__name__}: {exc}") from exc
                 if out is not None:
                     self.labels[node] = out
             elif node.op == "output":
@@ -211,16 +209,18 @@ class _Propagator:
                 return None
             return x if x is None or shape is None or x.ndim == len(shape) else None
         if op in _BINARY:
-            labs = [self.lab(a) for a in args if hasattr(a, "op")]
-            labs = [lab for lab in labs if lab is not None]
-            if not labs or shape is None:
+            tensors = [a for a in args if hasattr(a, "op")]
+            labs = [self.lab(a) for a in tensors]
+            if all(lab is None for lab in labs) or shape is None:
                 return None
-            labs = [lab.reshape((1,) * (len(shape) - lab.ndim) + lab.shape) for lab in labs]
+            bare = [_shape(a) for a, lab in zip(tensors, labs) if lab is None]
+            labs = [lab.reshape((1,) * (len(shape) - lab.ndim) + lab.shape) for lab in labs if lab is not None]
             out = labs[0]
             for other in labs[1:]:
                 self.L.unify(out, other)
                 a, b = np.broadcast_arrays(out, other)
                 out = _compress(np.where(a >= 0, a, b))
+            self.fixed_size_operands(out, bare, len(shape), op)
             return out
         handler = getattr(self, f"op_{op}", None)
         if handler is not None:

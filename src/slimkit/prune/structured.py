@@ -281,6 +281,22 @@ def selected_groups(model: nn.Module, graph: DependencyGraph, targets: Targets, 
     return out
 
 
+def unsplit_attention(model: nn.Module, targets: Targets) -> str:
+    """Why no head group was found: the targeted attention modules the analysis could not split into heads."""
+    found = []
+    for name, m in targets.iter(model):
+        if isinstance(m, nn.MultiheadAttention):
+            found.append(f"{name!r} (nn.MultiheadAttention: it derives head_dim from embed_dim, so its "
+                         "inner width cannot shrink; no per-head layout in the traced graph)")
+        elif "Attention" in type(m).__name__ and any(isinstance(getattr(m, a, None), int) for a in
+                                                     ("num_heads", "num_attention_heads", "n_heads", "n_head")):
+            found.append(f"{name!r} ({type(m).__name__}: not a known attention layout)")
+    if not found:
+        return "the model has no attention layer"
+    more = f" and {len(found) - 3} more" if len(found) > 3 else ""
+    return "attention modules whose heads could not be separated: " + ", ".join(found[:3]) + more
+
+
 # -- shared run / record / replay --------------------------------------------------------------
 def _run(model: nn.Module, graph: DependencyGraph, kept: dict[str, torch.Tensor], batch: Any,
          kind: str) -> Record:
@@ -370,7 +386,8 @@ def head_prune(model: nn.Module, config: HeadPrune, targets: Targets, ctx: Conte
     graph = analyze(model, batch)
     groups = selected_groups(model, graph, targets, heads=True)
     if not groups:
-        raise MethodError(f"{config.kind}: no attention-head group among the targets ({targets.to_dict()})")
+        raise MethodError(f"{config.kind}: no attention-head group among the targets ({targets.to_dict()}); "
+                          + unsplit_attention(model, targets))
     grads = gradients(model, ctx, config.calib_batches, config.kind, config.grad_source) \
         if config.importance == "taylor" else None
     gates = head_gate_importance(model, groups, ctx, config.calib_batches, config.kind, config.grad_source) \

@@ -1,0 +1,1 @@
+"""The published support matrix: tiny models of every architecture and the cell runner."""
