@@ -17,11 +17,13 @@ from torch import nn
 
 from ..core import Context, MethodConfig, MethodError, Record, Targets, method_config, register_method
 from ..core.context import Batch, call_model
+from .int8_float import dequantized_int8, int8_modules, nodes_outside
 from .onnx import OrtModel, check_onnx, export_onnx
+from .ort_quant import (describe_ops, optimize_transformer, quantizable_nodes, quantize_dynamic_onnx,
+                        quantize_static_onnx)
 from .view import ExportView, Part, export_view
-from .ort_quant import describe_ops, optimize_transformer, quantize_dynamic_onnx, quantize_static_onnx
 
-Int8Mode = Literal["none", "dynamic", "static"]
+Int8Mode = Literal["auto", "none", "dynamic", "static"]
 
 
 @method_config
@@ -32,7 +34,9 @@ class OnnxExport(MethodConfig):
     stage = "export"
 
     file: str = "model.onnx"
-    int8: Literal["none", "dynamic", "static"] = "none"
+    # "auto": "dynamic" when the model holds slimkit int8 layers (quantize.dynamic/static ran;
+    # exactly those layers become int8 in the file), else "none" (float)
+    int8: Literal["auto", "none", "dynamic", "static"] = "auto"
     per_channel: bool = True
     # fnmatch patterns of ONNX node names (they follow the torch module names) kept in float
     exclude: tuple[str, ...] = ()
@@ -67,7 +71,7 @@ def bert_shape(model: nn.Module) -> tuple[int, int] | None:
     return None
 
 
-def write_onnx(model: nn.Module, example_inputs: Batch, dest: str | os.PathLike[str], *, int8: Int8Mode = "none",
+def write_onnx(model: nn.Module, example_inputs: Batch, dest: str | os.PathLike[str], *, int8: Int8Mode = "auto",
                per_channel: bool = True, exclude: tuple[str, ...] = (), optimize: str = "auto",
                calib: list[Batch] | None = None, calibration: str = "minmax", opset: int = 17,
                atol: float = 1e-3, output: str = "auto", part: Part = "auto") -> dict[str, Any]:
@@ -75,19 +79,29 @@ def write_onnx(model: nn.Module, example_inputs: Batch, dest: str | os.PathLike[
 
     ``output`` / ``part`` choose the tensor and the module exported (see :func:`~.view.export_view`);
     the checks compare that same view of the PyTorch model.
+
+    A model holding slimkit int8 layers is exported through their dequantized float
+    equivalents (:mod:`.int8_float`): the float graph is checked against those, and
+    ``int8="auto"`` makes exactly those layers dynamic int8 in the file; the file's deviation
+    from the int8 PyTorch model is recorded.
     """
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     view, example_inputs = export_view(model, example_inputs, output=output, part=part)
+    int8_names = int8_modules(model)
+    if int8 == "auto":
+        int8 = "dynamic" if int8_names else "none"
     if optimize == "auto":
         shape = bert_shape(model) if int8 == "none" else None
     else:
         shape = None if optimize == "none" else bert_shape(model) or (12, 384)
-    with tempfile.TemporaryDirectory() as tmp:
+    info: dict[str, Any] = {"file": dest.name, "int8": int8, "inputs": list(view.names), "output": output}
+    if view.prefix:
+        info["part"] = view.prefix
+    if int8_names:
+        info["int8_layers_in_model"] = len(int8_names)
+    with tempfile.TemporaryDirectory() as tmp, dequantized_int8(model):
         plain = export_onnx(view, example_inputs, Path(tmp) / "plain.onnx", opset=opset)
-        info: dict[str, Any] = {"file": dest.name, "int8": int8, "inputs": list(view.names), "output": output}
-        if view.prefix:
-            info["part"] = view.prefix
         info["max_abs_diff_float"] = check_onnx(plain, view, [example_inputs], atol=atol)
         src = plain
         if shape is not None:
@@ -97,13 +111,16 @@ def write_onnx(model: nn.Module, example_inputs: Batch, dest: str | os.PathLike[
         if int8 == "none":
             os.replace(src, dest)
         elif int8 == "dynamic":
-            info["int8_nodes"] = len(quantize_dynamic_onnx(src, dest, per_channel=per_channel, exclude=exclude))
+            skip = tuple(exclude)
+            if int8_names:  # only the layers the model already has in int8
+                skip += tuple(nodes_outside(quantizable_nodes(src), int8_names))
+            info["int8_nodes"] = len(quantize_dynamic_onnx(src, dest, per_channel=per_channel, exclude=skip))
         else:
             if not calib:
                 raise MethodError("static int8 export needs calibration batches (Context.calib_data or --task)")
             info["int8_nodes"] = len(quantize_static_onnx(src, dest, calib, per_channel=per_channel,
                                                           method=calibration, exclude=exclude))  # type: ignore[arg-type]
-    if int8 != "none":
+    if int8 != "none" or int8_names:  # against the real (int8) PyTorch model
         info.update(output_deviation(dest, view, example_inputs))
     info["ops"] = describe_ops(dest)
     info["bytes"] = dest.stat().st_size

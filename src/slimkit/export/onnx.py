@@ -98,18 +98,25 @@ def export_onnx(model: nn.Module, example_inputs: Batch, path: str | os.PathLike
 
 def _drop_view_scope(path: Path, prefix: str) -> None:
     """Rename ``/inner/...`` nodes to the exported module's own scope in the original model
-    (``/...``, or ``/encoder/...`` for an encoder), so node names follow the model's module names."""
+    (``/...``, or ``/encoder/...`` for an encoder), so node names follow the model's module
+    names; the view's own few nodes move to ``/export_view/...`` to keep names unique."""
     import onnx
 
     proto = onnx.load(str(path))
     scope = "".join(f"/{p}" for p in prefix.split(".")) if prefix else ""
-    changed = False
+    renamed = []
     for node in proto.graph.node:
         if node.name.startswith("/inner/"):
-            node.name = scope + node.name[len("/inner"):]
-            changed = True
-    if changed:
-        onnx.save(proto, str(path))
+            renamed.append(scope + node.name[len("/inner"):])
+        elif node.name.startswith("/"):
+            renamed.append("/export_view" + node.name)
+        else:
+            renamed.append(node.name)
+    if len(set(renamed)) != len(renamed):  # cannot happen with exporter-made names; keep them rather than clash
+        return
+    for node, name in zip(proto.graph.node, renamed):
+        node.name = name
+    onnx.save(proto, str(path))
 
 
 def session_options(threads: int | None = None, *, optimize: bool = True, spin: bool = True) -> Any:

@@ -33,6 +33,7 @@ from ..core import Context, MethodConfig, Record, Targets, method_config, regist
 from ..core.context import Batch, batch_args
 from ..core.errors import ArtifactError, MethodError
 from .graph_passes import fuse_sibling_linears
+from .int8_float import dequantized_int8
 from .view import ExportView, Part, export_view
 
 
@@ -277,8 +278,9 @@ def write_pt2e(model: nn.Module, example_inputs: Batch, dest: str | os.PathLike[
 
     dest = Path(dest)
     view, example_inputs = export_view(model, example_inputs, output=output, part=part)
-    program = quantize_pt2e(view, example_inputs, calib, static=static, fuse_linears=fuse_linears,
-                           float_modules=[view.module_name(n) for n in float_modules])
+    with dequantized_int8(model):  # slimkit int8 layers: traced as their dequantized float twins
+        program = quantize_pt2e(view, example_inputs, calib, static=static, fuse_linears=fuse_linears,
+                               float_modules=[view.module_name(n) for n in float_modules])
     save_pt2(program, dest)
     info: dict[str, Any] = {"file": dest.name, "int8": "static" if static else "dynamic", "bytes": dest.stat().st_size,
                             "float_modules": list(float_modules), "inputs": list(view.names), "output": output}

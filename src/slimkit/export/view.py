@@ -74,7 +74,7 @@ class ExportView(nn.Module):
     :func:`~slimkit.core.context.select_output`. Build it with :func:`export_view`."""
 
     def __init__(self, inner: nn.Module, names: tuple[str, ...], *, keyword: bool, output: str = "auto",
-                 fixed: dict[str, Any] | None = None, prefix: str = "") -> None:
+                 fixed: dict[str, Any] | None = None, prefix: str = "", ones_mask: bool = False) -> None:
         super().__init__()
         self.inner = inner
         self.names = names
@@ -82,12 +82,15 @@ class ExportView(nn.Module):
         self.output = output
         self.fixed = dict(fixed or {})
         self.prefix = prefix  # qualified name of ``inner`` in the model the view was built from
+        self.ones_mask = ones_mask  # pass attention_mask = ones_like(input_ids) (see export_view)
         self.train(inner.training)  # a new module is in training mode; the view mirrors the model
 
     def forward(self, *args: Any, **kwargs: Any) -> torch.Tensor:
         if len(args) > len(self.names):
             raise MethodError(f"the exported model takes {len(self.names)} inputs {list(self.names)}, got {len(args)}")
         named = {**dict(zip(self.names, args)), **kwargs}
+        if self.ones_mask:
+            named["attention_mask"] = torch.ones_like(named["input_ids"])  # [B, T]: every token attended
         if self.keyword:
             out = self.inner(**named, **self.fixed)
         else:
@@ -126,9 +129,15 @@ def export_view(model: nn.Module, example_inputs: Batch, *, output: str = "auto"
         batch = tuple(args)  # traced positionally: a torch.export program is called as it was traced
     if not names:
         raise MethodError("the example inputs hold no tensor to export the model with")
-    if "use_cache" in forward_params(inner):
+    params = forward_params(inner)
+    if "use_cache" in params:
         fixed.setdefault("use_cache", use_cache)
-    view = _with_signature(names)(inner, names, keyword=keyword, output=output, fixed=fixed, prefix=prefix)
+    # Without a mask (and without a cache) HF decoders look for packed sequences in the
+    # position ids with aten::diff, which ONNX has no operator for; an all-ones mask is what
+    # "no mask" means, so the view passes one and the graph gains a ConstantOfShape.
+    ones_mask = keyword and "input_ids" in names and "attention_mask" not in names and "attention_mask" in params
+    view = _with_signature(names)(inner, names, keyword=keyword, output=output, fixed=fixed, prefix=prefix,
+                                  ones_mask=ones_mask)
     return view, batch
 
 

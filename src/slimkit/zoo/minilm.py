@@ -12,7 +12,7 @@ import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -132,8 +132,11 @@ def _st_pooling(path: Path) -> tuple[Pooling, bool]:
     return pooling, normalize
 
 
-def load_hf_encoder(path: Path) -> nn.Module:
-    """The bare HF transformer from a local folder, with SDPA attention when the class supports it."""
+def load_hf_encoder(path: Path, model_cls: Any = None) -> nn.Module:
+    """The bare HF transformer from a local folder, with SDPA attention when the class supports it.
+
+    ``model_cls``: the transformers class to build (default ``AutoModel``'s choice).
+    """
     from transformers import AutoModel
     from transformers.utils import logging as hf_logging
 
@@ -142,9 +145,10 @@ def load_hf_encoder(path: Path) -> nn.Module:
     hf_logging.disable_progress_bar()  # a per-load weights bar is noise in CLI reports and tests
     try:
         try:
-            model = AutoModel.from_pretrained(str(path), local_files_only=True, attn_implementation="sdpa")
+            model = (model_cls or AutoModel).from_pretrained(str(path), local_files_only=True,
+                                                             attn_implementation="sdpa")
         except (ValueError, ImportError):  # the architecture has no SDPA path
-            model = AutoModel.from_pretrained(str(path), local_files_only=True)
+            model = (model_cls or AutoModel).from_pretrained(str(path), local_files_only=True)
     except OSError as exc:
         raise ModelSpecError(f"cannot load a Hugging Face model from {path}: {exc}") from exc
     finally:
