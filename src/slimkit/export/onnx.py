@@ -170,6 +170,9 @@ class OrtModel(nn.Module):
         if unknown:
             raise MethodError(f"{self.path.name} has no input(s) {sorted(unknown)}; inputs: {self.input_names}")
         named.update(kwargs)
+        missing = [n for n in self.input_names if n not in named]
+        if missing:
+            raise MethodError(f"{self.path.name}: missing input(s) {missing}; inputs: {self.input_names}")
         out = {}
         for name, value in named.items():
             arr = value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
