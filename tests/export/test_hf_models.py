@@ -179,3 +179,21 @@ def test_pt2e_exports_model_outputs_and_encoders() -> None:
         with torch.no_grad():
             other = _ids(3, 9, 1)  # the program serves other shapes
             assert program.module()(**other).shape == view(**other).shape
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["bert", "roberta", "distilbert", "gpt2", "llama_gqa", "t5_encoder", "vit", "convnext",
+                                  "resnet", "mobilenet_v2"])
+def test_hf_folders_of_the_pruning_suite_load_and_export(name: str, tmp_path) -> None:
+    """``hf:DIR`` of a save_pretrained folder (no tokenizer): the class the folder names,
+    the right family, example inputs, a checked ONNX file."""
+    from slimkit import zoo
+
+    model, _ = FACTORIES[name]()
+    model.save_pretrained(tmp_path / name)
+    zm = zoo.load(f"hf:{tmp_path / name}")
+    assert type(zm.model) is type(model)  # T5EncoderModel stays an encoder (AutoModel would build T5Model)
+    assert zm.family == ("image" if name in ("vit", "convnext", "resnet", "mobilenet_v2") else "text")
+    batch = zm.example_inputs(2, 8)
+    info = write_onnx(zm.model, batch, tmp_path / "m.onnx")
+    assert info["max_abs_diff_float"] < 1e-4 and info["int8"] == "none"
