@@ -175,7 +175,7 @@ def test_pt2e_exports_model_outputs_and_encoders() -> None:
         program = quantize_pt2e(model, batch, [batch, _ids(4, 8, 3)], static=True)  # export.pt2e's default
         view, vb = export_view(model, batch)
         dev = deviation(Pt2eModel(program, compile=False), view, vb)  # the ATen program, no Inductor compile
-        assert dev["mean_cosine"] > 0.98, (type(model).__name__, dev)
+        assert dev["mean_cosine"] > 0.999, (type(model).__name__, dev)
         with torch.no_grad():
             other = _ids(3, 9, 1)  # the program serves other shapes
             assert program.module()(**other).shape == view(**other).shape
@@ -197,3 +197,18 @@ def test_hf_folders_of_the_pruning_suite_load_and_export(name: str, tmp_path) ->
     batch = zm.example_inputs(2, 8)
     info = write_onnx(zm.model, batch, tmp_path / "m.onnx")
     assert info["max_abs_diff_float"] < 1e-4 and info["int8"] == "none"
+
+
+@pytest.mark.slow
+def test_pt2e_dynamic_int8_without_calibration_data_is_accurate() -> None:
+    """Dynamic PT2E runs the example once so the weight observers see the weights (unrun,
+    a tiny Qwen2's output cosine was 0.89)."""
+    pytest.importorskip("torchao")
+    from slimkit.export.artifact import deviation
+    from slimkit.export.pt2e import Pt2eModel, quantize_pt2e
+    from slimkit.export.view import export_view
+
+    model = DECODERS["qwen2"]()
+    program = quantize_pt2e(model, _ids(2, 6, 0), static=False)
+    view, vb = export_view(model, _ids(2, 6, 0))
+    assert deviation(Pt2eModel(program, compile=False), view, vb)["mean_cosine"] > 0.999

@@ -166,7 +166,10 @@ def quantize_pt2e(model: nn.Module, example_inputs: Batch, calib: Iterable[Batch
             if fuse_linears:
                 fuse_sibling_linears(graph)
             prepared = quantize_pt2e_mod.prepare_pt2e(graph, _quantizer(xiq, static, float_modules))
-            for batch in calib if static else calib[:1]:
+            # dynamic int8 still needs one forward: the weight observers record the weight
+            # ranges when they run; unrun, convert quantizes the weights with meaningless
+            # scales (tiny Qwen2: output cosine 0.89 vs 0.99998 after one example forward)
+            for batch in calib if static else (calib[:1] or [example_inputs]):
                 a, k = batch_args(batch)
                 prepared(*a, **k)
             converted = drop_unused_attributes(quantize_pt2e_mod.convert_pt2e(prepared))
