@@ -94,3 +94,16 @@ def test_static_int8_names_the_layer_that_saw_no_calibration_data() -> None:
 def test_observer_error_names_what_it_observes() -> None:
     with pytest.raises(MethodError, match="MinMaxObserver of fc input has observed no data"):
         MinMaxObserver(name="fc input").range()
+
+
+def test_multihead_attention_int8_model_exports_to_onnx(tmp_path) -> None:
+    """The export traces MHA off its fused fast path, with the int8 layers as their float twins."""
+    from slimkit.export.artifact import write_onnx
+
+    torch.manual_seed(0)
+    q = slimkit.apply(AttnNet().eval(), DynamicInt8(), Targets(), Context())
+    info = write_onnx(q, torch.randn(2, 5, 32, generator=torch.Generator().manual_seed(1)), tmp_path / "m.onnx")
+    assert info["int8"] == "dynamic" and info["int8_layers_in_model"] == 2
+    assert info["int8_nodes"] == 1  # the head; MHA reads out_proj.weight itself (its values are int8-grid already)
+    assert info["max_abs_diff_float"] < 1e-5 and info["mean_cosine"] > 0.999
+    assert isinstance(q.mha.out_proj, Int8Linear)  # put back after the export

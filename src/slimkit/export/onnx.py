@@ -36,7 +36,11 @@ def _args_of(example_inputs: Batch) -> tuple[Any, ...]:
 
 @contextlib.contextmanager
 def eager_attention(model: nn.Module) -> Iterator[None]:
-    """Switch HF sub-models to eager attention for the duration (what ORT's optimizer can fuse)."""
+    """Switch HF sub-models to eager attention for the duration (what ORT's optimizer can fuse),
+    and ``nn.MultiheadAttention`` off its fused fast path (not exportable)."""
+    # nn.MultiheadAttention's eval fast path is one fused op ONNX has no symbolic for
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
     changed = []
     for m in model.modules():
         cfg = getattr(m, "config", None)
@@ -48,6 +52,7 @@ def eager_attention(model: nn.Module) -> Iterator[None]:
     try:
         yield
     finally:
+        torch.backends.mha.set_fastpath_enabled(fastpath)
         for m, impl in changed:
             m.set_attn_implementation(impl)
 
