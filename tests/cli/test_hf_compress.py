@@ -103,3 +103,19 @@ def test_compress_hf_folder_float_export_matches(tmp_path: Path, capsys: pytest.
     with torch.no_grad():
         ref = view(**vb)
     torch.testing.assert_close(OrtModel(out / "model.onnx")(**batch), ref, atol=1e-4, rtol=1e-4)
+
+
+def test_hf_folder_with_a_saved_tokenizer_uses_it(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    cfg = transformers.BertConfig(vocab_size=40, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                  intermediate_size=48, max_position_embeddings=24)
+    path = tmp_path / "bert"
+    transformers.BertModel(cfg).save_pretrained(path)
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [f"w{i}" for i in range(35)]
+    (tmp_path / "vocab.txt").write_text("\n".join(words) + "\n")
+    transformers.BertTokenizer(vocab_file=str(tmp_path / "vocab.txt")).save_pretrained(path)
+    zm = zoo.load(f"hf:{path}")
+    assert zm.tokenizer is not None
+    batch = zm.example_inputs(2, 128)
+    assert batch["input_ids"].shape == (2, 24)  # capped at the position table
+    assert (batch["input_ids"][:, 0] == 2).all() and (batch["input_ids"][:, -1] == 3).all()  # [CLS] ... [SEP]
