@@ -212,3 +212,20 @@ def test_pt2e_dynamic_int8_without_calibration_data_is_accurate() -> None:
     program = quantize_pt2e(model, _ids(2, 6, 0), static=False)
     view, vb = export_view(model, _ids(2, 6, 0))
     assert deviation(Pt2eModel(program, compile=False), view, vb)["mean_cosine"] > 0.999
+
+
+@pytest.mark.slow
+def test_pt2e_of_an_int8_quantized_model_traces_the_float_twins(tmp_path) -> None:
+    pytest.importorskip("torchao")
+    from slimkit.export.pt2e import write_pt2e
+    from slimkit.export.view import export_view
+
+    model, batch = FACTORIES["bert"]()
+    q = slimkit.apply(model, DynamicInt8(), Targets(include=("encoder.*",)), Context())
+    info = write_pt2e(q, batch, tmp_path / "m.pt2", static=False, check=False)
+    assert info["int8_ops"] > 0 and isinstance(q.get_submodule("encoder.layer.0.output.dense"), Int8Linear)
+    program = torch.export.load(str(tmp_path / "m.pt2"))
+    view, vb = export_view(q, batch)
+    with torch.no_grad():
+        cos = nn.functional.cosine_similarity(program.module()(**vb).flatten(1), view(**vb).flatten(1))
+    assert float(cos.min()) > 0.999
