@@ -83,7 +83,7 @@ class ExportView(nn.Module):
         self.fixed = dict(fixed or {})
         self.prefix = prefix  # qualified name of ``inner`` in the model the view was built from
         self.ones_mask = ones_mask  # pass attention_mask = ones_like(input_ids) (see export_view)
-        self.train(inner.training)  # a new module is in training mode; the view mirrors the model
+        self.training = inner.training  # mirror the model's flag without touching its submodules
 
     def forward(self, *args: Any, **kwargs: Any) -> torch.Tensor:
         if len(args) > len(self.names):
