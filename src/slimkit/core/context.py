@@ -70,6 +70,42 @@ def call_model(model: nn.Module, batch: Batch) -> Any:
     return model(*args, **kwargs)
 
 
+def select_output(out: Any, output: str = "auto") -> torch.Tensor:
+    """The one tensor of a model's output that exporters and output checks compare.
+
+    ``out`` may be a tensor, a dict or HF ``ModelOutput`` (a dict whose unset fields are
+    absent), or a tuple/list. ``output="auto"`` picks ``logits`` if present, else
+    ``last_hidden_state``, else the first tensor; a key name picks that field of a dict
+    output, a decimal index that item of a tuple output. A model's full output (KV caches,
+    attention maps, hidden-state lists) is not one tensor, so an exported graph serves one.
+    """
+    if isinstance(out, torch.Tensor):
+        if output not in ("auto", "0"):
+            raise MethodError(f"the model returns one tensor; output {output!r} does not exist (use 'auto')")
+        return out
+    if isinstance(out, dict):
+        tensors = {k: v for k, v in out.items() if isinstance(v, torch.Tensor)}
+        if output == "auto":
+            for key in ("logits", "last_hidden_state"):
+                if key in tensors:
+                    return tensors[key]
+            if tensors:
+                return next(iter(tensors.values()))
+        elif output in tensors:
+            return tensors[output]
+        raise MethodError(f"the model's {type(out).__name__} output has no tensor {output!r}; "
+                          f"its tensors: {sorted(tensors)}")
+    if isinstance(out, (tuple, list)):
+        idx = [i for i, v in enumerate(out) if isinstance(v, torch.Tensor)]
+        if output == "auto" and idx:
+            return out[idx[0]]
+        if output.isdigit() and int(output) in idx:
+            return out[int(output)]
+        raise MethodError(f"the model's {len(out)}-item {type(out).__name__} output has no tensor at {output!r}; "
+                          f"tensor items: {idx}")
+    raise MethodError(f"cannot find a tensor in a model output of type {type(out).__name__}")
+
+
 def to_device(obj: Any, device: torch.device) -> Any:
     """Move a tensor / tuple / list / dict (or an object with ``.to``) to ``device``."""
     if isinstance(obj, torch.Tensor) or hasattr(obj, "to"):

@@ -22,15 +22,8 @@ import torch
 from torch import nn
 
 from ..core.context import Batch, call_model
-from ..core.errors import ArtifactError, MethodError
-
-
-def input_names_for(model: nn.Module, example_inputs: Batch) -> list[str]:
-    """Graph input names: the dict keys of a dict batch, else ``input_0, input_1, ...``."""
-    if isinstance(example_inputs, dict):
-        return list(example_inputs)
-    n = len(example_inputs) if isinstance(example_inputs, (tuple, list)) else 1
-    return ["input"] if n == 1 else [f"input_{i}" for i in range(n)]
+from ..core.errors import ArtifactError, MethodError, SlimkitError
+from .view import ExportView, Part, export_view
 
 
 def _args_of(example_inputs: Batch) -> tuple[Any, ...]:
@@ -43,7 +36,11 @@ def _args_of(example_inputs: Batch) -> tuple[Any, ...]:
 
 @contextlib.contextmanager
 def eager_attention(model: nn.Module) -> Iterator[None]:
-    """Switch HF sub-models to eager attention for the duration (what ORT's optimizer can fuse)."""
+    """Switch HF sub-models to eager attention for the duration (what ORT's optimizer can fuse),
+    and ``nn.MultiheadAttention`` off its fused fast path (not exportable)."""
+    # nn.MultiheadAttention's eval fast path is one fused op ONNX has no symbolic for
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
     changed = []
     for m in model.modules():
         cfg = getattr(m, "config", None)
@@ -55,23 +52,32 @@ def eager_attention(model: nn.Module) -> Iterator[None]:
     try:
         yield
     finally:
+        torch.backends.mha.set_fastpath_enabled(fastpath)
         for m, impl in changed:
             m.set_attn_implementation(impl)
 
 
 def export_onnx(model: nn.Module, example_inputs: Batch, path: str | os.PathLike[str], *, opset: int = 17,
-                dynamic_batch: bool = True, dynamic_seq: bool = True) -> Path:
+                dynamic_batch: bool = True, dynamic_seq: bool = True, output: str = "auto",
+                part: Part = "auto") -> Path:
     """Write ``model`` as ONNX to ``path`` and return the path.
 
     Inputs are named after the batch's dict keys (``input_ids``, ``attention_mask``) or
     ``input``/``input_i``; the output is ``output``. ``dynamic_batch`` makes dim 0 of every
     input and the output symbolic; ``dynamic_seq`` also frees dim 1 of 2-D integer inputs
     (token ids), so one file serves every batch size and sequence length.
+
+    The graph is that of :func:`~.view.export_view` (``output`` selects the tensor of a
+    ``ModelOutput`` / dict / tuple output, ``part`` an encoder-decoder's encoder; no KV
+    cache); ``model`` may already be such a view. Node names follow the module names in
+    ``model`` (the view's own level is dropped), as ``exclude`` patterns expect.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    names = input_names_for(model, example_inputs)
-    args = _args_of(example_inputs)
+    if not isinstance(model, ExportView):
+        model, example_inputs = export_view(model, example_inputs, output=output, part=part)
+    names = list(model.names)
+    args = _args_of({n: example_inputs[n] for n in names} if isinstance(example_inputs, dict) else example_inputs)
     axes: dict[str, dict[int, str]] = {}
     if dynamic_batch:
         for name, a in zip(names, args):
@@ -85,11 +91,37 @@ def export_onnx(model: nn.Module, example_inputs: Batch, path: str | os.PathLike
         with eager_attention(model), torch.no_grad():
             torch.onnx.export(model, args, str(path), input_names=names, output_names=["output"],
                               dynamic_axes=axes or None, opset_version=opset, dynamo=False)
+    except SlimkitError:
+        raise
     except Exception as exc:  # the exporter raises many types for unsupported ops
-        raise MethodError(f"ONNX export of {type(model).__name__} failed: {exc}") from exc
+        raise MethodError(f"ONNX export of {type(model.inner).__name__} failed: {exc}") from exc
     finally:
         model.train(was)
+    _drop_view_scope(path, model.prefix)
     return path
+
+
+def _drop_view_scope(path: Path, prefix: str) -> None:
+    """Rename ``/inner/...`` nodes to the exported module's own scope in the original model
+    (``/...``, or ``/encoder/...`` for an encoder), so node names follow the model's module
+    names; the view's own few nodes move to ``/export_view/...`` to keep names unique."""
+    import onnx
+
+    proto = onnx.load(str(path))
+    scope = "".join(f"/{p}" for p in prefix.split(".")) if prefix else ""
+    renamed = []
+    for node in proto.graph.node:
+        if node.name.startswith("/inner/"):
+            renamed.append(scope + node.name[len("/inner"):])
+        elif node.name.startswith("/"):
+            renamed.append("/export_view" + node.name)
+        else:
+            renamed.append(node.name)
+    if len(set(renamed)) != len(renamed):  # cannot happen with exporter-made names; keep them rather than clash
+        return
+    for node, name in zip(proto.graph.node, renamed):
+        node.name = name
+    onnx.save(proto, str(path))
 
 
 def session_options(threads: int | None = None, *, optimize: bool = True, spin: bool = True) -> Any:
@@ -143,6 +175,9 @@ class OrtModel(nn.Module):
         if unknown:
             raise MethodError(f"{self.path.name} has no input(s) {sorted(unknown)}; inputs: {self.input_names}")
         named.update(kwargs)
+        missing = [n for n in self.input_names if n not in named]
+        if missing:
+            raise MethodError(f"{self.path.name}: missing input(s) {missing}; inputs: {self.input_names}")
         out = {}
         for name, value in named.items():
             arr = value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
@@ -172,6 +207,8 @@ def check_onnx(path: str | os.PathLike[str], model: nn.Module, inputs: Batch | S
     difference exceeds ``atol`` (the exported file computes something else).
     """
     batches = inputs if isinstance(inputs, list) else [inputs]
+    if not isinstance(model, ExportView):  # compare what export_onnx exported by default
+        model = export_view(model, batches[0])[0]
     ort_model = OrtModel(path)
     worst = 0.0
     was = model.training

@@ -33,6 +33,8 @@ from ..core import Context, MethodConfig, Record, Targets, method_config, regist
 from ..core.context import Batch, batch_args
 from ..core.errors import ArtifactError, MethodError
 from .graph_passes import fuse_sibling_linears
+from .int8_float import dequantized_int8
+from .view import ExportView, Part, export_view
 
 
 def _torchao_pt2e() -> Any:
@@ -114,7 +116,8 @@ def _quantizer(xiq: Any, static: bool, float_modules: Sequence[str] = ()) -> Any
 
 def quantize_pt2e(model: nn.Module, example_inputs: Batch, calib: Iterable[Batch] | None = None, *,
                   static: bool = True, dynamic_shapes: bool | None = None,
-                  fuse_linears: bool = True, float_modules: Sequence[str] = ()) -> torch.export.ExportedProgram:
+                  fuse_linears: bool = True, float_modules: Sequence[str] = (), output: str = "auto",
+                  part: Part = "auto") -> torch.export.ExportedProgram:
     """The int8 program of ``model`` (a new object; ``model`` is not changed).
 
     ``static`` needs ``calib`` (a few batches like the ones served; they may vary in batch
@@ -126,11 +129,20 @@ def quantize_pt2e(model: nn.Module, example_inputs: Batch, calib: Iterable[Batch
     (attention's Q, K, V) into one GEMM first (:func:`~.graph_passes.fuse_sibling_linears`).
     ``float_modules`` (qualified module names) stay float: the sensitive layers an int8
     program can leave out (a fused Q/K/V GEMM belongs to the first of its projections).
+
+    The program is that of :func:`~.view.export_view` (``output`` picks the tensor of a
+    ``ModelOutput`` / dict / tuple output, ``part`` an encoder-decoder's encoder, no KV
+    cache); it takes the inputs by the example batch's names. ``model`` may be such a view.
     """
     quantize_pt2e_mod, xiq = _torchao_pt2e()
     calib = list(calib) if calib is not None else []
     if static and not calib:
         raise MethodError("static PT2E int8 needs calibration batches (Context.calib_data or --task)")
+    if not isinstance(model, ExportView):
+        model, example_inputs = export_view(model, example_inputs, output=output, part=part)
+        float_modules = [model.module_name(n) for n in float_modules]
+    calib = [_named(model, b) for b in calib]
+    example_inputs = _named(model, example_inputs)
     was = model.training
     model.eval()
     args, kwargs = batch_args(example_inputs)
@@ -154,13 +166,28 @@ def quantize_pt2e(model: nn.Module, example_inputs: Batch, calib: Iterable[Batch
             if fuse_linears:
                 fuse_sibling_linears(graph)
             prepared = quantize_pt2e_mod.prepare_pt2e(graph, _quantizer(xiq, static, float_modules))
-            for batch in calib if static else calib[:1]:
+            # dynamic int8 still needs one forward: the weight observers record the weight
+            # ranges when they run; unrun, convert quantizes the weights with meaningless
+            # scales (tiny Qwen2: output cosine 0.89 vs 0.99998 after one example forward)
+            for batch in calib if static else (calib[:1] or [example_inputs]):
                 a, k = batch_args(batch)
                 prepared(*a, **k)
             converted = drop_unused_attributes(quantize_pt2e_mod.convert_pt2e(prepared))
             return torch.export.export(converted, args, kwargs, dynamic_shapes=ds)
     finally:
         model.train(was)
+
+
+def _named(view: ExportView, batch: Batch) -> Batch:
+    """``batch`` as the traced program takes it: a keyword view's named tensors (other keys
+    dropped, as the view holds them as constants), a positional view's batch unchanged."""
+    if not view.keyword:
+        return batch
+    _, kwargs = batch_args(batch)
+    missing = [n for n in view.names if n not in kwargs]
+    if missing:
+        raise MethodError(f"a batch lacks input(s) {missing} that the exported program takes ({list(view.names)})")
+    return {n: kwargs[n] for n in view.names}
 
 
 def drop_unused_attributes(gm: torch.fx.GraphModule) -> torch.fx.GraphModule:
@@ -242,24 +269,30 @@ def signature(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, ...]:
 
 def write_pt2e(model: nn.Module, example_inputs: Batch, dest: str | os.PathLike[str], *, static: bool = True,
                calib: Iterable[Batch] | None = None, check: bool = True, fuse_linears: bool = True,
-               float_modules: Sequence[str] = ()) -> dict[str, Any]:
+               float_modules: Sequence[str] = (), output: str = "auto", part: Part = "auto") -> dict[str, Any]:
     """Quantize ``model``, save ``dest`` and return what was done and measured.
 
     With ``check``, the saved file is loaded back, compiled and run on ``example_inputs``;
     its deviation from the float model (max abs difference, mean row cosine) is recorded.
+    ``output`` / ``part`` choose the tensor and module exported (:func:`~.view.export_view`);
+    ``float_modules`` are module names in ``model``.
     """
     from .artifact import deviation
 
     dest = Path(dest)
-    program = quantize_pt2e(model, example_inputs, calib, static=static, fuse_linears=fuse_linears,
-                           float_modules=float_modules)
+    view, example_inputs = export_view(model, example_inputs, output=output, part=part)
+    with dequantized_int8(model):  # slimkit int8 layers: traced as their dequantized float twins
+        program = quantize_pt2e(view, example_inputs, calib, static=static, fuse_linears=fuse_linears,
+                               float_modules=[view.module_name(n) for n in float_modules])
     save_pt2(program, dest)
     info: dict[str, Any] = {"file": dest.name, "int8": "static" if static else "dynamic", "bytes": dest.stat().st_size,
-                            "float_modules": list(float_modules)}
+                            "float_modules": list(float_modules), "inputs": list(view.names), "output": output}
+    if view.prefix:
+        info["part"] = view.prefix
     info["int8_ops"] = sum(1 for n in program.graph.nodes
                            if n.op == "call_function" and "quantize_per_channel" in str(n.target))
     if check:
-        info.update(deviation(Pt2eModel(dest), model, example_inputs))
+        info.update(deviation(Pt2eModel(dest), view, example_inputs))
     return info
 
 
@@ -280,10 +313,15 @@ class Pt2eExport(MethodConfig):
     check: bool = True
     fuse_linears: bool = True
     keep_float: tuple[str, ...] = ()
+    # the output tensor and module exported, as for export.onnx (auto: logits, else
+    # last_hidden_state, else the first tensor; an encoder-decoder's encoder)
+    output: str = "auto"
+    part: Literal["auto", "model", "encoder"] = "auto"
 
     def validate(self) -> None:
         self._require(self.file.endswith(".pt2") and "/" not in self.file, "file", "a file name ending in .pt2",
                       self.file)
+        self._require(bool(self.output), "output", "'auto', an output name or a tuple index", self.output)
         self._require(self.calib_batches >= 1, "calib_batches", "an integer >= 1", self.calib_batches)
 
 
@@ -297,8 +335,9 @@ def pt2e_export(model: nn.Module, config: Pt2eExport, targets: Targets, ctx: Con
     calib = list(ctx.calib_data)[: config.calib_batches] if (static and ctx.calib_data) else None
     float_modules = _matching(model, config.keep_float)
     info = write_pt2e(model, batch, out_dir / config.file, static=static, calib=calib, check=config.check,
-                      fuse_linears=config.fuse_linears, float_modules=float_modules)
-    summary = {k: info[k] for k in ("file", "int8", "bytes", "mean_cosine") if k in info}
+                      fuse_linears=config.fuse_linears, float_modules=float_modules, output=config.output,
+                      part=config.part)
+    summary = {k: info[k] for k in ("file", "int8", "bytes", "mean_cosine", "part") if k in info}
     return Record(kind=config.kind, data=info, summary=summary)
 
 

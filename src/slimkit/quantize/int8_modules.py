@@ -90,6 +90,18 @@ class _Int8Base(nn.Module):
         shape = (-1,) + (1,) * (self.weight_int8.dim() - 1)
         return self.weight_int8.float() * self.weight_scale.reshape(shape)
 
+    @property
+    def weight(self) -> torch.Tensor:
+        """The dequantized float32 weight, recomputed on each read; read-only (assigning raises).
+
+        For parents that read a child's ``.weight`` instead of only calling it:
+        ``nn.MultiheadAttention`` passes ``out_proj.weight`` / ``.bias`` to its functional
+        kernel, HF ViT / CLIP / DINOv2 patch embeddings read the projection's
+        ``weight.dtype``. They keep working and compute with the int8 values (in float, so
+        that use gets the int8 rounding but not the int8 kernel).
+        """
+        return self.dequantized_weight()
+
     def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
         super()._load_from_state_dict(*args, **kwargs)
         self._packed = None  # new weights: repack on next call

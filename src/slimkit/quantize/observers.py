@@ -36,8 +36,10 @@ def as_rows(x: torch.Tensor, axis: int | None) -> torch.Tensor:
 class Observer:
     """Base class: tracks exact per-row min / max; subclasses refine :meth:`_range`."""
 
-    def __init__(self, *, axis: int | None = None, bits: int = 8, symmetric: bool = True) -> None:
+    def __init__(self, *, axis: int | None = None, bits: int = 8, symmetric: bool = True,
+                 name: str | None = None) -> None:
         check_bits(bits)
+        self.name = name  # what is observed (e.g. "encoder.fc1 input"), for error messages
         self.axis = axis
         self.bits = bits
         self.symmetric = symmetric
@@ -68,7 +70,8 @@ class Observer:
     def range(self) -> tuple[torch.Tensor, torch.Tensor]:
         """``(min, max)``: scalars for ``axis=None``, else ``[C]`` tensors."""
         if self.min_val is None:
-            raise MethodError(f"{type(self).__name__} has observed no data; call observe(x) first")
+            what = f" of {self.name}" if self.name else ""
+            raise MethodError(f"{type(self).__name__}{what} has observed no data; call observe(x) first")
         lo, hi = self._range()
         if self.axis is None:
             return lo.reshape(()), hi.reshape(())

@@ -125,7 +125,8 @@ def replay_dynamic(model: nn.Module, record: Record) -> None:
 def calibrate_ranges(model: nn.Module, modules: list[tuple[str, nn.Module]], batches: list[Any],
                      make: type[Observer]) -> dict[str, tuple[Observer, Observer]]:
     """Run ``batches`` through the float model; observe each module's input and output (per tensor, uint8)."""
-    obs = {n: (make(axis=None, symmetric=False), make(axis=None, symmetric=False)) for n, _ in modules}
+    obs = {n: (make(axis=None, symmetric=False, name=f"{n} input"),
+               make(axis=None, symmetric=False, name=f"{n} output")) for n, _ in modules}
     hooks = []
     for name, mod in modules:
         def hook(_m: nn.Module, args: tuple[Any, ...], out: torch.Tensor, name: str = name) -> None:
@@ -143,6 +144,11 @@ def static_int8(model: nn.Module, config: StaticInt8, targets: Targets, ctx: Con
     if not batches:
         raise MethodError(f"{config.kind}: Context.calib_data yielded no batch")
     obs = calibrate_ranges(model, layers, batches, _OBSERVERS[config.observer])
+    unused = [name for name, _ in layers if obs[name][0].min_val is None or obs[name][1].min_val is None]
+    if unused:
+        raise MethodError(f"{config.kind}: layer(s) {', '.join(unused)} saw no calibration data (their forward never "
+                          f"ran on the {len(batches)} calibration batch(es)), so they have no activation range; "
+                          "exclude them from the targets, or calibrate with batches that reach them")
     specs: dict[str, dict[str, Any]] = {}
     for name, mod in layers:
         in_s, in_zp = qparams(*obs[name][0].range(), bits=8, symmetric=False)

@@ -12,7 +12,7 @@ import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -133,9 +133,12 @@ def _st_pooling(path: Path) -> tuple[Pooling, bool]:
     return pooling, normalize
 
 
-def load_hf_encoder(path: Path) -> nn.Module:
+def load_hf_encoder(path: Path, model_cls: Any = None) -> nn.Module:
     """The bare HF transformer from a local folder (config + safetensors only), with SDPA
-    attention when the class supports it."""
+    attention when the class supports it.
+
+    ``model_cls``: the transformers class to build (default ``AutoModel``'s choice).
+    """
     from transformers import AutoModel
     from transformers.utils import logging as hf_logging
 
@@ -147,9 +150,9 @@ def load_hf_encoder(path: Path) -> nn.Module:
     safe = {"local_files_only": True, "trust_remote_code": False, "use_safetensors": True}
     try:
         try:
-            model = AutoModel.from_pretrained(str(path), attn_implementation="sdpa", **safe)
+            model = (model_cls or AutoModel).from_pretrained(str(path), attn_implementation="sdpa", **safe)
         except (ValueError, ImportError):  # the architecture has no SDPA path
-            model = AutoModel.from_pretrained(str(path), **safe)
+            model = (model_cls or AutoModel).from_pretrained(str(path), **safe)
     except (OSError, ValueError) as exc:  # no safetensors file; remote code refused
         raise ModelSpecError(f"cannot load a Hugging Face model from {path}: {exc}") from exc
     finally:

@@ -53,14 +53,19 @@ class ZooModel:
     def example_inputs(self, batch_size: int = 1, seq_len: int = 128) -> Any:
         """One batch in the form ``model``'s forward takes (deterministic; for tracing and profiling).
 
-        Text: ``{"input_ids", "attention_mask"}`` of exactly ``seq_len`` tokens, all-ones mask.
+        Text: ``{"input_ids", "attention_mask"}`` of ``seq_len`` tokens (at most the model's
+        position table), all-ones mask; without a tokenizer (an ``hf:`` folder that ships
+        none) the ids are drawn from the config's vocabulary.
         Image: a float tensor ``[batch_size, *input_shape]``.
         """
         if self.example_fn is not None:
             return self.example_fn(batch_size)
         if self.family == "text":
+            from .hf_folder import max_tokens, synthetic_text_inputs
+
+            seq_len = min(seq_len, max_tokens(self.model))
             if self.tokenizer is None:
-                raise ModelSpecError(f"{self.spec}: text model without a tokenizer cannot make example inputs")
+                return synthetic_text_inputs(self.model, batch_size, seq_len)
             return self.tokenizer.example(batch_size, seq_len)
         if self.input_shape is None:
             raise ModelSpecError(f"{self.spec}: no example inputs known; give the factory's module an "
@@ -147,7 +152,13 @@ def _load_hf(path: Path, spec: str) -> ZooModel:
     if is_sentence_transformers_folder(path):
         return ZooModel(model=load_sentence_embedder(path), spec=spec, family="text", default_task="stsb",
                         tokenizer=tokenizer)
-    return ZooModel(model=load_hf_encoder(path), spec=spec, family="text", tokenizer=tokenizer)
+    from .hf_folder import base_model_class, image_shape
+
+    model = load_hf_encoder(path, base_model_class(path))
+    shape = image_shape(model)
+    if shape is not None:
+        return ZooModel(model=model, spec=spec, family="image", input_shape=shape)
+    return ZooModel(model=model, spec=spec, family="text", tokenizer=tokenizer)
 
 
 def _load_py(target: str, spec: str) -> ZooModel:
