@@ -25,6 +25,7 @@ ids selected or indexed by constants, and every id entering an op the analysis d
 from __future__ import annotations
 
 import dataclasses
+import inspect
 
 import numpy as np
 import torch
@@ -101,9 +102,20 @@ def _call_args(batch: Batch) -> tuple[tuple, dict]:
     return (batch,), {}
 
 
+def _forward_params(model: nn.Module) -> set[str]:
+    try:
+        return set(inspect.signature(model.forward).parameters)
+    except (TypeError, ValueError):
+        return set()
+
+
 def trace(model: nn.Module, example_inputs: Batch) -> torch.export.ExportedProgram:
     """``torch.export`` the model in eval mode; a failure is a :class:`ModelSpecError` saying why."""
     args, kwargs = _call_args(example_inputs)
+    if "use_cache" in _forward_params(model) and "use_cache" not in kwargs:
+        # HF decoders return a KV-cache object torch.export cannot output; the graph the
+        # analysis needs is the same without it
+        kwargs = {**kwargs, "use_cache": False}
     was_training = model.training
     model.eval()
     try:
