@@ -21,6 +21,7 @@ The artifact is the converted program saved with ``torch.export.save`` (``model.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -29,6 +30,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from ..core import cpu
 from ..core import Context, MethodConfig, Record, Targets, method_config, register_method
 from ..core.context import Batch, batch_args
 from ..core.errors import ArtifactError, MethodError
@@ -97,7 +99,7 @@ def has_token_inputs(batch: Batch) -> bool:
                for x in (*args, *kwargs.values()))
 
 
-def _quantizer(xiq: Any, static: bool, float_modules: Sequence[str] = ()) -> Any:
+def _quantizer(xiq: Any, static: bool, float_modules: Sequence[str] = (), weight_qmax: int = 127) -> Any:
     class Quantizer(xiq.X86InductorQuantizer):
         # torchao 0.18 fails on HF's GELU modules (an empty source partition) when it
         # looks for Linear->GELU pairs; without the pair annotation each Linear is still
@@ -106,7 +108,12 @@ def _quantizer(xiq: Any, static: bool, float_modules: Sequence[str] = ()) -> Any
             return None
 
     q = Quantizer()
-    q.set_global(xiq.get_default_x86_inductor_quantization_config(is_dynamic=not static))
+    config = xiq.get_default_x86_inductor_quantization_config(is_dynamic=not static)
+    if weight_qmax < 127:
+        # no VNNI: oneDNN adds pairs of u8 x s8 products into int16; codes in [-63, 63] cannot saturate
+        weight = dataclasses.replace(config.weight, quant_min=-weight_qmax, quant_max=weight_qmax)
+        config = dataclasses.replace(config, weight=weight)
+    q.set_global(config)
     for name in float_modules:
         q.set_module_name_qconfig(name, None)  # this module's ops stay float
     return q
@@ -114,7 +121,8 @@ def _quantizer(xiq: Any, static: bool, float_modules: Sequence[str] = ()) -> Any
 
 def quantize_pt2e(model: nn.Module, example_inputs: Batch, calib: Iterable[Batch] | None = None, *,
                   static: bool = True, dynamic_shapes: bool | None = None,
-                  fuse_linears: bool = True, float_modules: Sequence[str] = ()) -> torch.export.ExportedProgram:
+                  fuse_linears: bool = True, float_modules: Sequence[str] = (),
+                  weight_qmax: int | None = None) -> torch.export.ExportedProgram:
     """The int8 program of ``model`` (a new object; ``model`` is not changed).
 
     ``static`` needs ``calib`` (a few batches like the ones served; they may vary in batch
@@ -126,8 +134,11 @@ def quantize_pt2e(model: nn.Module, example_inputs: Batch, calib: Iterable[Batch
     (attention's Q, K, V) into one GEMM first (:func:`~.graph_passes.fuse_sibling_linears`).
     ``float_modules`` (qualified module names) stay float: the sensitive layers an int8
     program can leave out (a fused Q/K/V GEMM belongs to the first of its projections).
+    ``weight_qmax``: weight codes in ``[-qmax, qmax]``; None = what this CPU's int8 kernels
+    take without saturating (127 with VNNI, 63 without; :mod:`slimkit.core.cpu`).
     """
     quantize_pt2e_mod, xiq = _torchao_pt2e()
+    weight_qmax = cpu.weight_qmax() if weight_qmax is None else weight_qmax
     calib = list(calib) if calib is not None else []
     if static and not calib:
         raise MethodError("static PT2E int8 needs calibration batches (Context.calib_data or --task)")
@@ -153,7 +164,7 @@ def quantize_pt2e(model: nn.Module, example_inputs: Batch, calib: Iterable[Batch
             graph = torch.export.export(model, args, kwargs, dynamic_shapes=ds).module()
             if fuse_linears:
                 fuse_sibling_linears(graph)
-            prepared = quantize_pt2e_mod.prepare_pt2e(graph, _quantizer(xiq, static, float_modules))
+            prepared = quantize_pt2e_mod.prepare_pt2e(graph, _quantizer(xiq, static, float_modules, weight_qmax))
             for batch in calib if static else calib[:1]:
                 a, k = batch_args(batch)
                 prepared(*a, **k)
@@ -208,6 +219,8 @@ class Pt2eModel(nn.Module):
             if not path.is_file():
                 raise ArtifactError(f"{path} not found")
             program = torch.export.load(str(path))
+            cpu.warn_if_poorer({"name": "an int8 dot-product CPU", "weight_qmax": program_weight_qmax(program)},
+                               f"{path.name}")
         from torch._inductor import config  # imported here, not when slimkit registers its methods
 
         module = program.module()
@@ -233,6 +246,15 @@ class Pt2eModel(nn.Module):
             return out
 
 
+def program_weight_qmax(program: torch.export.ExportedProgram) -> int:
+    """The largest weight code range (``quant_max``) of the program's per-channel dequantize ops (0 if none)."""
+    qmax = 0
+    for n in program.graph.nodes:
+        if n.op == "call_function" and "dequantize_per_channel" in str(n.target) and len(n.args) > 5:
+            qmax = max(qmax, int(n.args[5]))
+    return qmax
+
+
 def signature(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, ...]:
     """Shapes and dtypes of the tensor arguments (what decides whether a compiled program is reused)."""
     def one(v: Any) -> Any:
@@ -242,7 +264,7 @@ def signature(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, ...]:
 
 def write_pt2e(model: nn.Module, example_inputs: Batch, dest: str | os.PathLike[str], *, static: bool = True,
                calib: Iterable[Batch] | None = None, check: bool = True, fuse_linears: bool = True,
-               float_modules: Sequence[str] = ()) -> dict[str, Any]:
+               float_modules: Sequence[str] = (), weight_bits: Literal["auto", 8, 7] = "auto") -> dict[str, Any]:
     """Quantize ``model``, save ``dest`` and return what was done and measured.
 
     With ``check``, the saved file is loaded back, compiled and run on ``example_inputs``;
@@ -251,11 +273,14 @@ def write_pt2e(model: nn.Module, example_inputs: Batch, dest: str | os.PathLike[
     from .artifact import deviation
 
     dest = Path(dest)
+    from ..quantize.ptq import weight_choice
+
+    qmax, isa = weight_choice(weight_bits)
     program = quantize_pt2e(model, example_inputs, calib, static=static, fuse_linears=fuse_linears,
-                           float_modules=float_modules)
+                           float_modules=float_modules, weight_qmax=qmax)
     save_pt2(program, dest)
     info: dict[str, Any] = {"file": dest.name, "int8": "static" if static else "dynamic", "bytes": dest.stat().st_size,
-                            "float_modules": list(float_modules)}
+                            "float_modules": list(float_modules), "int8_isa": isa}
     info["int8_ops"] = sum(1 for n in program.graph.nodes
                            if n.op == "call_function" and "quantize_per_channel" in str(n.target))
     if check:
@@ -280,6 +305,8 @@ class Pt2eExport(MethodConfig):
     check: bool = True
     fuse_linears: bool = True
     keep_float: tuple[str, ...] = ()
+    # "auto": 8-bit weight codes with a VNNI int8 dot product, 7-bit without (no int16 saturation)
+    weight_bits: Literal["auto", 8, 7] = "auto"
 
     def validate(self) -> None:
         self._require(self.file.endswith(".pt2") and "/" not in self.file, "file", "a file name ending in .pt2",
@@ -297,8 +324,9 @@ def pt2e_export(model: nn.Module, config: Pt2eExport, targets: Targets, ctx: Con
     calib = list(ctx.calib_data)[: config.calib_batches] if (static and ctx.calib_data) else None
     float_modules = _matching(model, config.keep_float)
     info = write_pt2e(model, batch, out_dir / config.file, static=static, calib=calib, check=config.check,
-                      fuse_linears=config.fuse_linears, float_modules=float_modules)
+                      fuse_linears=config.fuse_linears, float_modules=float_modules, weight_bits=config.weight_bits)
     summary = {k: info[k] for k in ("file", "int8", "bytes", "mean_cosine") if k in info}
+    summary["int8_isa"] = info["int8_isa"]["name"]
     return Record(kind=config.kind, data=info, summary=summary)
 
 
