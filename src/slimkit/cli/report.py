@@ -77,6 +77,10 @@ def render_markdown(report: dict[str, Any]) -> str:
                                if isinstance(v, float) and k not in _COUNT_KEYS)
             rows.append((s["step"], human_count(p["params_nonzero"]), human_bytes(p["bytes_on_disk"]), human_count(p["macs"]), metric))
         parts.append(table(rows, ("step", "non-zero params", "bytes", "MACs", "metrics")))
+    if report.get("int8_isa"):
+        isa = report["int8_isa"]
+        parts.append(f"\nint8 ISA: {isa['name']} (weight codes +-{isa['weight_qmax']}; {isa['source']}) on "
+                     f"{isa['cpu_model']}; flags: {' '.join(isa['flags']) or '-'}.")
     parts.append(f"\nTotal time: {report.get('seconds', 0):.1f} s. Latency ratio: baseline and compressed model "
                  "interleaved in rounds in the same process, same inputs and threads; median of per-round medians.\n")
     return "\n".join(parts)
