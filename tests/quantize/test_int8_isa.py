@@ -111,3 +111,22 @@ def test_ort_sessions_and_pt2e_quantizer_follow_the_answer(monkeypatch: pytest.M
     q = _quantizer(xiq, True, (), cpu.weight_qmax())
     spec = q.global_config.weight
     assert (spec.quant_min, spec.quant_max) == ((-63, 63) if answer == "avx2" else (-128, 127))
+
+
+def test_pt2e_program_records_its_weight_range_and_warns_when_loaded_without_vnni(
+        monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    pytest.importorskip("torchao")
+    from slimkit.export.pt2e import Pt2eModel, program_weight_qmax, quantize_pt2e, save_pt2
+
+    x = torch.randn(4, 16)
+    monkeypatch.setenv(cpu.OVERRIDE_ENV, "avx2")
+    assert program_weight_qmax(quantize_pt2e(_mlp(), (x,), [(x,)])) == 63  # follows the answer
+    wide = quantize_pt2e(_mlp(), (x,), [(x,)], weight_qmax=127)
+    assert program_weight_qmax(wide) == 127
+    save_pt2(wide, tmp_path / "wide.pt2")
+    with pytest.warns(cpu.Int8IsaWarning, match="saturate"):
+        Pt2eModel(tmp_path / "wide.pt2", compile=False)
+    monkeypatch.setenv(cpu.OVERRIDE_ENV, "vnni")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", cpu.Int8IsaWarning)
+        Pt2eModel(tmp_path / "wide.pt2", compile=False)

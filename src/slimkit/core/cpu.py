@@ -120,6 +120,7 @@ def _torch_flags() -> set[str]:
     return out
 
 
+@functools.lru_cache(maxsize=1)
 def _versions() -> tuple[tuple[str, str], ...]:
     from importlib import metadata
 
