@@ -184,6 +184,14 @@ def weight_qmax() -> int:
     return int8_isa().weight_qmax
 
 
+def weight_choice(weight_bits: str | int = "auto") -> tuple[int, dict[str, Any]]:
+    """``(qmax, record entry)`` for a method's ``weight_bits`` (``"auto"``, 8 or 7): the weight code
+    range to use and the CPU facts behind it, as the method's record keeps them."""
+    isa = int8_isa()
+    qmax = isa.weight_qmax if weight_bits == "auto" else (FULL_QMAX if weight_bits == 8 else SAFE_QMAX)
+    return qmax, {**isa.to_dict(), "weight_qmax": qmax, "weight_bits": weight_bits}
+
+
 def warn_if_poorer(built: dict[str, Any] | None, what: str) -> None:
     """Warn (:class:`Int8IsaWarning`) when ``what`` was built with 8-bit weight codes for a VNNI CPU
     and this one has no VNNI: its int8 kernels will saturate on large products."""

@@ -30,8 +30,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from ..core import cpu
-from ..core import Context, MethodConfig, Record, Targets, method_config, register_method
+from ..core import Context, MethodConfig, Record, Targets, cpu, method_config, register_method
 from ..core.context import Batch, batch_args
 from ..core.errors import ArtifactError, MethodError
 from .graph_passes import fuse_sibling_linears
@@ -273,9 +272,7 @@ def write_pt2e(model: nn.Module, example_inputs: Batch, dest: str | os.PathLike[
     from .artifact import deviation
 
     dest = Path(dest)
-    from ..quantize.ptq import weight_choice
-
-    qmax, isa = weight_choice(weight_bits)
+    qmax, isa = cpu.weight_choice(weight_bits)
     program = quantize_pt2e(model, example_inputs, calib, static=static, fuse_linears=fuse_linears,
                            float_modules=float_modules, weight_qmax=qmax)
     save_pt2(program, dest)

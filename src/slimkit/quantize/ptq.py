@@ -24,8 +24,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from ..core import cpu
-from ..core import Context, MethodConfig, MethodError, Record, Targets, method_config, register_method
+from ..core import Context, MethodConfig, MethodError, Record, Targets, cpu, method_config, register_method
 from ..core.context import forward_batches
 from ..core.registry import register_replay
 from ..measure.counter import register_mac_formula
@@ -107,13 +106,6 @@ def _build(spec: dict[str, Any], mode: str) -> nn.Module:
                       tuple(spec["pre_pad"]) if spec.get("pre_pad") is not None else None)
 
 
-def weight_choice(weight_bits: Literal["auto", 8, 7]) -> tuple[int, dict[str, Any]]:
-    """``(qmax, record entry)``: the weight code range to use and the CPU facts behind it."""
-    isa = cpu.int8_isa()
-    qmax = isa.weight_qmax if weight_bits == "auto" else (cpu.FULL_QMAX if weight_bits == 8 else cpu.SAFE_QMAX)
-    return qmax, {**isa.to_dict(), "weight_qmax": qmax, "weight_bits": weight_bits}
-
-
 def _int8_bytes(specs: dict[str, dict[str, Any]], model: nn.Module) -> int:
     mods = dict(model.named_modules())
     return sum(b.numel() * b.element_size() for n in specs for b in mods[n].buffers())
@@ -122,7 +114,7 @@ def _int8_bytes(specs: dict[str, dict[str, Any]], model: nn.Module) -> int:
 @register_method(DynamicInt8)
 def dynamic_int8(model: nn.Module, config: DynamicInt8, targets: Targets, ctx: Context) -> Record:
     layers = _targets(model, targets, (nn.Linear,), config.kind)
-    qmax, isa = weight_choice(config.weight_bits)
+    qmax, isa = cpu.weight_choice(config.weight_bits)
     specs = {}
     for name, lin in layers:
         specs[name] = _linear_spec(lin)
@@ -162,7 +154,7 @@ def static_int8(model: nn.Module, config: StaticInt8, targets: Targets, ctx: Con
     if not batches:
         raise MethodError(f"{config.kind}: Context.calib_data yielded no batch")
     obs = calibrate_ranges(model, layers, batches, _OBSERVERS[config.observer])
-    qmax, isa = weight_choice(config.weight_bits)
+    qmax, isa = cpu.weight_choice(config.weight_bits)
     specs: dict[str, dict[str, Any]] = {}
     for name, mod in layers:
         in_s, in_zp = qparams(*obs[name][0].range(), bits=8, symmetric=False)
