@@ -82,3 +82,17 @@ def test_compiled_pt2e_equals_the_uncompiled_program() -> None:
         step = float(ref.abs().max()) / 127
         assert float((compiled(x) - ref).abs().max()) <= step
     assert torch.allclose(compiled(xw), torch.full((4, 8), 32.0), rtol=0.02)  # nothing clipped
+
+
+def test_dynamic_pt2e_without_calibration_batches_observes_its_weights() -> None:
+    """Dynamic int8 needs no calibration data, but the prepared program must still run once so
+    the weight observers see the weights (they did not: every weight scale stayed at its default,
+    cosine 0.52 here and STS-B 30 instead of 81 on MiniLM)."""
+    pytest.importorskip("torchao")
+    from slimkit.export.pt2e import quantize_pt2e
+
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 4)).eval()
+    x = torch.randn(8, 16)
+    program = quantize_pt2e(m, (x,), None, static=False)
+    assert float(nn.functional.cosine_similarity(program.module()(x), m(x)).mean()) > 0.999
