@@ -14,6 +14,21 @@ from slimkit.core import Context
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "int8: checks an int8 kernel or the int8 ISA choice (rerun under forced "
+                                       "lower ISAs by `make test-int8-avx2`)")
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    """The CPU's int8 capability: int8 results legitimately depend on it (see docs/quantization.md)."""
+    from slimkit.core.cpu import FORCING_ENVS, int8_isa
+
+    forced = [f"{k}={os.environ[k]}" for k in (*FORCING_ENVS, "ATEN_CPU_CAPABILITY", "SLIMKIT_INT8_ISA")
+              if os.environ.get(k)]
+    return [int8_isa().line(), f"torch CPU capability: {torch.backends.cpu.get_cpu_capability()}; "
+            f"forcing: {' '.join(forced) or 'none'}"]
+
+
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
     """The real data sets; a test that needs them fails (never skips) when they are missing."""

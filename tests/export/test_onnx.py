@@ -77,6 +77,7 @@ def test_ort_model_rejects_unknown_inputs(tmp_path) -> None:
         OrtModel(path)(input_ids=torch.zeros(1, 3, dtype=torch.long), token_type_ids=torch.zeros(1, 3))
 
 
+@pytest.mark.int8
 def test_ort_dynamic_int8_close_and_uses_int8_kernels(tmp_path) -> None:
     m = _mlp()
     x = torch.randn(64, 32)
@@ -97,6 +98,7 @@ def test_match_nodes_uses_fnmatch() -> None:
     assert match_nodes(names, ["*l.[0-9]/output/dense*"]) == ["/l.0/output/dense/MatMul"]
 
 
+@pytest.mark.int8
 def test_static_qdq_int8_cnn_close_to_float(tmp_path) -> None:
     m = _cnn()
     calib = [torch.randn(8, 3, 12, 12) for _ in range(4)]
@@ -114,6 +116,7 @@ def test_static_export_without_calibration_is_an_error(tmp_path) -> None:
         write_onnx(_cnn(), torch.randn(1, 3, 8, 8), tmp_path / "s.onnx", int8="static")
 
 
+@pytest.mark.int8
 def test_export_step_writes_into_export_dir_and_records(tmp_path) -> None:
     m = _mlp()
     ctx = Context(example_inputs=torch.randn(2, 32), extras={"export_dir": str(tmp_path)})

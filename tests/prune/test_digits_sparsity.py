@@ -20,10 +20,10 @@ from slimkit.zoo.digits import DigitsCNN, digits_split, pretrained_digits_cnn
 TARGETS = Targets(types=("Conv2d", "Linear"))
 
 
-def _acc(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+def _correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> int:
     model.eval()
     with torch.no_grad():
-        return float((model(x).argmax(1) == y).float().mean())
+        return int((model(x).argmax(1) == y).sum())
 
 
 @pytest.mark.slow
@@ -45,9 +45,11 @@ def test_digits_cnn_90_percent_sparse_within_one_point_and_stored_sparse(
     zeros = sum(int((w == 0).sum()) for w in weights)
     assert zeros >= round(0.9 * numel)  # 90 % of the targeted weights (exact count, no rounding slack)
 
-    dense_acc, sparse_acc = _acc(dense, x_te, y_te), _acc(restored, x_te, y_te)
-    assert dense_acc > 0.95  # the baseline is a real model
-    assert dense_acc - sparse_acc <= 0.01, (dense_acc, sparse_acc)
+    # Relative to this machine's fp32 model, in whole test images (of 450): 1 point = 4 images.
+    # Measured over reference models trained with seeds 0-5: drops of -2-3 images.
+    dense_ok, sparse_ok = _correct(dense, x_te, y_te), _correct(restored, x_te, y_te)
+    assert dense_ok >= 430  # the baseline is a real model
+    assert dense_ok - sparse_ok <= 4, (dense_ok, sparse_ok)
 
     d_bytes = (tmp_path / "dense" / "model.safetensors").stat().st_size
     s_bytes = (tmp_path / "sparse" / "model.safetensors").stat().st_size

@@ -101,14 +101,16 @@ def test_qat_config_and_target_errors() -> None:
 
 
 def test_qat_trains_through_the_distillation_engine(tmp_path: Path) -> None:
-    # the fake-quant student learns from a float teacher with Hinton KD (pure KD: alpha=1); 200 steps:
-    # at 80 the fused AdamW step (same rule, other rounding) reached +0.17 agreement, under the +0.2 bar
+    # the fake-quant student learns from a float teacher with Hinton KD (pure KD: alpha=1), 200 steps.
+    # Agreement is measured on 4,096 inputs: on 64 (one input = 0.016) float-rounding differences
+    # between CPUs moved it across the bar. Measured on 4,096: +0.37 (teachers seeded 4 / 5: +0.49 /
+    # +0.29; 80 steps instead of 200: +0.30 to +0.47), so +0.2 has headroom and still needs learning.
     ctx = tiny_ctx()
     teacher = tiny_model(seed=3)
     ctx.teacher = teacher
     out = slimkit.apply(tiny_model(), QAT(bits=3, act_bits=8, steps=200, lr=1e-2, kd_alpha=1.0, kd_temperature=2.0),
                         None, ctx)
-    x = inputs(64)
+    x = inputs(4096)
     untrained = slimkit.apply(tiny_model(), QAT(bits=3, act_bits=8, steps=0), None, ctx)
 
     def agree(m: nn.Module) -> float:

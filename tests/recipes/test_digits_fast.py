@@ -56,8 +56,12 @@ def test_reduced_digits_fast_is_smaller_faster_and_accurate(tmp_path: Path, data
 
     restored = slimkit.restore(tmp_path / "fast")
     assert any(isinstance(m, PackedLayer) for m in restored.modules())
-    acc = task.evaluate(restored, zm)["accuracy"]
-    assert acc >= 0.95, acc
+    # Relative to this machine's fp32 model, in whole test images (of 450). Measured over reference
+    # models trained with seeds 0-5: drops of 2-7 images; 15 leaves headroom and still catches a
+    # broken step (the old absolute bar, 95 %, allowed about as much from a 443-correct model).
+    dense_m, fast_m = task.evaluate(zm.model, zm), task.evaluate(restored, zm)
+    dense_ok, fast_ok = round(dense_m["accuracy"] * dense_m["n"]), round(fast_m["accuracy"] * fast_m["n"])
+    assert dense_ok - fast_ok <= 15, (dense_ok, fast_ok)
     x = zm.example_inputs(4)
     with torch.no_grad():
         torch.testing.assert_close(restored.eval()(x), out.eval()(x))

@@ -84,3 +84,15 @@ def test_digits_task_batches_loss_and_agreement() -> None:
     m2 = task.evaluate(noisy, zm, reference=zm.model, limit=100)
     assert m2["agreement"] < 0.5 and m2["accuracy"] < m["accuracy"]
     assert not zm.model.training  # evaluation restores the mode it found
+
+
+def test_training_does_not_depend_on_the_callers_random_state(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The reference model is built under the training seed: two processes (here: two RNG
+    states) train identical weights, so accuracy bars measured on it hold everywhere."""
+    monkeypatch.setitem(digits.TRAIN_SETTINGS, "epochs", 1)  # cheap: only the determinism is under test
+    torch.manual_seed(123)
+    a = digits.train_digits_cnn()
+    torch.manual_seed(456)
+    b = digits.train_digits_cnn()
+    for (k, va), (_, vb) in zip(a.state_dict().items(), b.state_dict().items()):
+        assert torch.equal(va, vb), k

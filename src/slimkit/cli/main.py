@@ -149,7 +149,11 @@ def _profile(args: argparse.Namespace) -> int:
         doc["seq_len"] = args.seq_len
     if task is not None:
         doc["metrics"] = task.evaluate(zm.model, zm)
-    text = prof.table()
+    from ..core.cpu import int8_isa
+
+    isa = int8_isa()
+    doc["int8_isa"] = isa.to_dict()
+    text = prof.table() + "\n" + isa.line()
     if "metrics" in doc:
         text += "\n" + "\n".join(f"{k}: {v}" for k, v in doc["metrics"].items())
     _emit(doc, args.json, text)

@@ -16,6 +16,7 @@ from torch import nn
 from .. import measure, zoo
 from ..core import Context, Recipe, read_manifest, restore, save
 from ..core.api import MANIFEST_FILE, WEIGHTS_FILE, replace_dir
+from ..core.cpu import int8_isa
 from ..core.errors import ArtifactError, ConfigError, MethodError, ModelSpecError
 from ..core.safety import require_trust, seal
 from .report import render_markdown
@@ -114,6 +115,7 @@ def compress(spec: str, recipe_source: str, out: Path, *, task_name: str | None 
             "before": before, "after": after, "steps": steps,
             "latency": {"batch": 1, "runtime": rt, "file": name, **cmp.to_dict()},
             "seconds": round(time.perf_counter() - t0, 2),
+            "int8_isa": int8_isa().to_dict(),  # int8 settings and results depend on it
         }
         import json
 

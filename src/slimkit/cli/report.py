@@ -78,6 +78,10 @@ def render_markdown(report: dict[str, Any]) -> str:
                                if isinstance(v, float) and k not in _COUNT_KEYS)
             rows.append((s["step"], human_count(p["params_nonzero"]), human_bytes(p["bytes_on_disk"]), human_count(p["macs"]), metric))
         parts.append(table(rows, ("step", "non-zero params", "bytes", "MACs", "metrics")))
+    if report.get("int8_isa"):
+        isa = report["int8_isa"]
+        parts.append(f"\nint8 ISA: {isa['name']} (weight codes +-{isa['weight_qmax']}; {isa['source']}) on "
+                     f"{isa['cpu_model']}; flags: {' '.join(isa['flags']) or '-'}.")
     parts.append(f"\nTotal time: {report.get('seconds', 0):.1f} s. Latency ratio: baseline (eager PyTorch) and "
                  "compressed model (on the runtime that serves it: the exported file when the folder ships one) "
                  "interleaved in rounds in the same process, same inputs and threads; median of per-round medians.\n")

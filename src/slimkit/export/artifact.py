@@ -17,6 +17,7 @@ from torch import nn
 
 from ..core import Context, MethodConfig, MethodError, Record, Targets, method_config, register_method
 from ..core.context import Batch, call_model
+from ..core.cpu import int8_isa
 from .int8_float import dequantized_int8, int8_modules, nodes_outside
 from .onnx import OrtModel, check_onnx, export_onnx
 from .ort_quant import (describe_ops, optimize_transformer, quantizable_nodes, quantize_dynamic_onnx,
@@ -121,6 +122,7 @@ def write_onnx(model: nn.Module, example_inputs: Batch, dest: str | os.PathLike[
             info["int8_nodes"] = len(quantize_static_onnx(src, dest, calib, per_channel=per_channel,
                                                           method=calibration, exclude=exclude))  # type: ignore[arg-type]
     if int8 != "none" or int8_names:  # against the real (int8) PyTorch model
+        info["int8_isa"] = int8_isa().to_dict()  # ORT sessions add x64quantprecision where it has no VNNI
         info.update(output_deviation(dest, view, example_inputs))
     info["ops"] = describe_ops(dest)
     info["bytes"] = dest.stat().st_size

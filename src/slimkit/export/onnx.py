@@ -141,7 +141,21 @@ def session_options(threads: int | None = None, *, optimize: bool = True, spin: 
     so.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
                                    else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
     so.log_severity_level = 3
+    if x64_quant_precision():
+        # without VNNI, MLAS's u8 x s8 kernels add pairs of products into int16 and saturate;
+        # this option makes ORT run them without saturation (exact), with the file unchanged
+        so.add_session_config_entry(X64_QUANT_PRECISION, "1")
     return so
+
+
+X64_QUANT_PRECISION = "session.x64quantprecision"
+
+
+def x64_quant_precision() -> bool:
+    """Whether ORT sessions get ``session.x64quantprecision=1`` here (x86-64 without VNNI; :mod:`slimkit.core.cpu`)."""
+    from ..core.cpu import int8_isa
+
+    return int8_isa().ort_precision_option
 
 
 class OrtModel(nn.Module):

@@ -21,6 +21,7 @@ The artifact is the converted program saved with ``torch.export.save`` (``model.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -29,7 +30,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from ..core import Context, MethodConfig, Record, Targets, method_config, register_method
+from ..core import Context, MethodConfig, Record, Targets, cpu, method_config, register_method
 from ..core.context import Batch, batch_args
 from ..core.errors import ArtifactError, MethodError
 from .graph_passes import fuse_sibling_linears
@@ -99,7 +100,7 @@ def has_token_inputs(batch: Batch) -> bool:
                for x in (*args, *kwargs.values()))
 
 
-def _quantizer(xiq: Any, static: bool, float_modules: Sequence[str] = ()) -> Any:
+def _quantizer(xiq: Any, static: bool, float_modules: Sequence[str] = (), weight_qmax: int = 127) -> Any:
     class Quantizer(xiq.X86InductorQuantizer):
         # torchao 0.18 fails on HF's GELU modules (an empty source partition) when it
         # looks for Linear->GELU pairs; without the pair annotation each Linear is still
@@ -108,7 +109,12 @@ def _quantizer(xiq: Any, static: bool, float_modules: Sequence[str] = ()) -> Any
             return None
 
     q = Quantizer()
-    q.set_global(xiq.get_default_x86_inductor_quantization_config(is_dynamic=not static))
+    config = xiq.get_default_x86_inductor_quantization_config(is_dynamic=not static)
+    if weight_qmax < 127:
+        # no VNNI: oneDNN adds pairs of u8 x s8 products into int16; codes in [-63, 63] cannot saturate
+        weight = dataclasses.replace(config.weight, quant_min=-weight_qmax, quant_max=weight_qmax)
+        config = dataclasses.replace(config, weight=weight)
+    q.set_global(config)
     for name in float_modules:
         q.set_module_name_qconfig(name, None)  # this module's ops stay float
     return q
@@ -117,7 +123,7 @@ def _quantizer(xiq: Any, static: bool, float_modules: Sequence[str] = ()) -> Any
 def quantize_pt2e(model: nn.Module, example_inputs: Batch, calib: Iterable[Batch] | None = None, *,
                   static: bool = True, dynamic_shapes: bool | None = None,
                   fuse_linears: bool = True, float_modules: Sequence[str] = (), output: str = "auto",
-                  part: Part = "auto") -> torch.export.ExportedProgram:
+                  part: Part = "auto", weight_qmax: int | None = None) -> torch.export.ExportedProgram:
     """The int8 program of ``model`` (a new object; ``model`` is not changed).
 
     ``static`` needs ``calib`` (a few batches like the ones served; they may vary in batch
@@ -133,8 +139,11 @@ def quantize_pt2e(model: nn.Module, example_inputs: Batch, calib: Iterable[Batch
     The program is that of :func:`~.view.export_view` (``output`` picks the tensor of a
     ``ModelOutput`` / dict / tuple output, ``part`` an encoder-decoder's encoder, no KV
     cache); it takes the inputs by the example batch's names. ``model`` may be such a view.
+    ``weight_qmax``: weight codes in ``[-qmax, qmax]``; None = what this CPU's int8 kernels
+    take without saturating (127 with VNNI, 63 without; :mod:`slimkit.core.cpu`).
     """
     quantize_pt2e_mod, xiq = _torchao_pt2e()
+    weight_qmax = cpu.weight_qmax() if weight_qmax is None else weight_qmax
     calib = list(calib) if calib is not None else []
     if static and not calib:
         raise MethodError("static PT2E int8 needs calibration batches (Context.calib_data or --task)")
@@ -165,10 +174,10 @@ def quantize_pt2e(model: nn.Module, example_inputs: Batch, calib: Iterable[Batch
             graph = torch.export.export(model, args, kwargs, dynamic_shapes=ds).module()
             if fuse_linears:
                 fuse_sibling_linears(graph)
-            prepared = quantize_pt2e_mod.prepare_pt2e(graph, _quantizer(xiq, static, float_modules))
+            prepared = quantize_pt2e_mod.prepare_pt2e(graph, _quantizer(xiq, static, float_modules, weight_qmax))
             # dynamic int8 still needs one forward: the weight observers record the weight
             # ranges when they run; unrun, convert quantizes the weights with meaningless
-            # scales (tiny Qwen2: output cosine 0.89 vs 0.99998 after one example forward)
+            # scales (MiniLM STS-B 30 instead of 81; tiny Qwen2 output cosine 0.89 vs 0.99998)
             for batch in calib if static else (calib[:1] or [example_inputs]):
                 a, k = batch_args(batch)
                 prepared(*a, **k)
@@ -235,6 +244,8 @@ class Pt2eModel(nn.Module):
             if not path.is_file():
                 raise ArtifactError(f"{path} not found")
             program = torch.export.load(str(path))
+            cpu.warn_if_poorer({"name": "an int8 dot-product CPU", "weight_qmax": program_weight_qmax(program)},
+                               f"{path.name}")
         from torch._inductor import config  # imported here, not when slimkit registers its methods
 
         module = program.module()
@@ -260,6 +271,15 @@ class Pt2eModel(nn.Module):
             return out
 
 
+def program_weight_qmax(program: torch.export.ExportedProgram) -> int:
+    """The largest weight code range (``quant_max``) of the program's per-channel dequantize ops (0 if none)."""
+    qmax = 0
+    for n in program.graph.nodes:
+        if n.op == "call_function" and "dequantize_per_channel" in str(n.target) and len(n.args) > 5:
+            qmax = max(qmax, int(n.args[5]))
+    return qmax
+
+
 def signature(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, ...]:
     """Shapes and dtypes of the tensor arguments (what decides whether a compiled program is reused)."""
     def one(v: Any) -> Any:
@@ -269,7 +289,8 @@ def signature(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, ...]:
 
 def write_pt2e(model: nn.Module, example_inputs: Batch, dest: str | os.PathLike[str], *, static: bool = True,
                calib: Iterable[Batch] | None = None, check: bool = True, fuse_linears: bool = True,
-               float_modules: Sequence[str] = (), output: str = "auto", part: Part = "auto") -> dict[str, Any]:
+               float_modules: Sequence[str] = (), output: str = "auto", part: Part = "auto",
+               weight_bits: Literal["auto", 8, 7] = "auto") -> dict[str, Any]:
     """Quantize ``model``, save ``dest`` and return what was done and measured.
 
     With ``check``, the saved file is loaded back, compiled and run on ``example_inputs``;
@@ -281,12 +302,14 @@ def write_pt2e(model: nn.Module, example_inputs: Batch, dest: str | os.PathLike[
 
     dest = Path(dest)
     view, example_inputs = export_view(model, example_inputs, output=output, part=part)
+    qmax, isa = cpu.weight_choice(weight_bits)
     with dequantized_int8(model):  # slimkit int8 layers: traced as their dequantized float twins
         program = quantize_pt2e(view, example_inputs, calib, static=static, fuse_linears=fuse_linears,
-                               float_modules=[view.module_name(n) for n in float_modules])
+                               float_modules=[view.module_name(n) for n in float_modules], weight_qmax=qmax)
     save_pt2(program, dest)
     info: dict[str, Any] = {"file": dest.name, "int8": "static" if static else "dynamic", "bytes": dest.stat().st_size,
-                            "float_modules": list(float_modules), "inputs": list(view.names), "output": output}
+                            "float_modules": list(float_modules), "inputs": list(view.names), "output": output,
+                            "int8_isa": isa}
     if view.prefix:
         info["part"] = view.prefix
     info["int8_ops"] = sum(1 for n in program.graph.nodes
@@ -317,6 +340,8 @@ class Pt2eExport(MethodConfig):
     # last_hidden_state, else the first tensor; an encoder-decoder's encoder)
     output: str = "auto"
     part: Literal["auto", "model", "encoder"] = "auto"
+    # "auto": 8-bit weight codes with a VNNI int8 dot product, 7-bit without (no int16 saturation)
+    weight_bits: Literal["auto", 8, 7] = "auto"
 
     def validate(self) -> None:
         self._require(self.file.endswith(".pt2") and "/" not in self.file, "file", "a file name ending in .pt2",
@@ -336,8 +361,9 @@ def pt2e_export(model: nn.Module, config: Pt2eExport, targets: Targets, ctx: Con
     float_modules = _matching(model, config.keep_float)
     info = write_pt2e(model, batch, out_dir / config.file, static=static, calib=calib, check=config.check,
                       fuse_linears=config.fuse_linears, float_modules=float_modules, output=config.output,
-                      part=config.part)
+                      part=config.part, weight_bits=config.weight_bits)
     summary = {k: info[k] for k in ("file", "int8", "bytes", "mean_cosine", "part") if k in info}
+    summary["int8_isa"] = info["int8_isa"]["name"]
     return Record(kind=config.kind, data=info, summary=summary)
 
 

@@ -5,7 +5,9 @@
 safetensors artifact could not hold them. These modules store what defines them as
 ordinary buffers instead, and pack lazily on first use:
 
-- ``weight_int8`` ``[O, I]`` / ``[O, I/g, kh, kw]`` int8, symmetric (zero point 0);
+- ``weight_int8`` ``[O, I]`` / ``[O, I/g, kh, kw]`` int8, symmetric (zero point 0), codes in
+  ``[-qmax, qmax]``: 127 where the CPU's int8 dot product accumulates in int32 (VNNI), 63 where
+  it adds pairs of products into int16 and would saturate (:mod:`slimkit.core.cpu`);
 - ``weight_scale`` ``[O]`` float32 (per-channel) or ``[1]`` (per-tensor, expanded);
 - ``bias`` ``[O]`` float32 (zeros when the float layer had none);
 - static only: ``act_qparams`` = ``[in_scale, in_zero_point, out_scale, out_zero_point]``
@@ -25,15 +27,19 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from ..core.cpu import weight_qmax
+
 Mode = Literal["dynamic", "static"]
 
 
-def quantize_weight(w: torch.Tensor, per_channel: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Symmetric int8 codes and scales of a weight: ``[O, ...] -> (int8 [O, ...], scale [O])``."""
+def quantize_weight(w: torch.Tensor, per_channel: bool, qmax: int = 127) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric int8 codes in ``[-qmax, qmax]`` and scales of a weight: ``[O, ...] -> (int8 [O, ...], scale [O])``."""
+    if not 1 <= qmax <= 127:
+        raise ValueError(f"qmax must be in [1, 127], got {qmax}")
     rows = w.detach().float().reshape(w.shape[0], -1)  # [O, K]
     amax = rows.abs().amax(dim=1) if per_channel else rows.abs().amax().expand(w.shape[0])  # [O]
-    scale = torch.clamp(amax / 127.0, min=1e-12)  # [O]
-    codes = torch.clamp(torch.round(rows / scale[:, None]), -127, 127).to(torch.int8)  # [O, K]
+    scale = torch.clamp(amax / float(qmax), min=1e-12)  # [O]
+    codes = torch.clamp(torch.round(rows / scale[:, None]), -qmax, qmax).to(torch.int8)  # [O, K]
     return codes.reshape(w.shape), scale.contiguous()
 
 
@@ -76,8 +82,10 @@ class _Int8Base(nn.Module):
             self.register_buffer("act_qparams", torch.tensor([1.0, 0.0, 1.0, 0.0]))
         self._packed: Any = None
 
-    def set_weight(self, weight: torch.Tensor, bias: torch.Tensor | None, per_channel: bool) -> None:
-        codes, scale = quantize_weight(weight, per_channel)
+    def set_weight(self, weight: torch.Tensor, bias: torch.Tensor | None, per_channel: bool,
+                   qmax: int | None = None) -> None:
+        """Quantize ``weight``; ``qmax`` None = what this CPU's int8 kernels take exactly (127 or 63)."""
+        codes, scale = quantize_weight(weight, per_channel, weight_qmax() if qmax is None else qmax)
         self.weight_int8.copy_(codes)
         self.weight_scale.copy_(scale)
         self.bias.copy_(bias.detach().float() if bias is not None else torch.zeros_like(self.bias))
@@ -132,9 +140,10 @@ class Int8Linear(_Int8Base):
         self.in_features, self.out_features = in_features, out_features
 
     @classmethod
-    def from_float(cls, lin: nn.Linear, mode: Mode = "dynamic", per_channel: bool = True) -> Int8Linear:
+    def from_float(cls, lin: nn.Linear, mode: Mode = "dynamic", per_channel: bool = True,
+                   qmax: int | None = None) -> Int8Linear:
         m = cls(lin.in_features, lin.out_features, mode)
-        m.set_weight(lin.weight, lin.bias, per_channel)
+        m.set_weight(lin.weight, lin.bias, per_channel, qmax)
         return m
 
     def _pack(self, qw: torch.Tensor) -> Any:
@@ -144,8 +153,8 @@ class Int8Linear(_Int8Base):
         dtype = x.dtype
         if self.mode == "dynamic":
             # reduce_range=False: full 8-bit activations (7-bit halved the embedding fidelity
-            # gain on MiniLM: cosine 0.97 -> 0.987). 7 bits only guard against int16
-            # saturation in pre-VNNI AVX2 kernels.
+            # gain on MiniLM: cosine 0.97 -> 0.987). Pre-VNNI kernels are kept exact by
+            # 7-bit *weight* codes instead (set_weight), which cost less accuracy there.
             return torch.ops.quantized.linear_dynamic(x.float(), self.packed(), False).to(dtype)  # [..., O]
         qy = torch.ops.quantized.linear(self._quant_in(x), self.packed(), float(self.act_qparams[2]),
                                         int(self.act_qparams[3]))
@@ -169,12 +178,12 @@ class Int8Conv2d(_Int8Base):
         self.pre_pad = tuple(pre_pad) if pre_pad is not None else None
 
     @classmethod
-    def from_float(cls, conv: nn.Conv2d, per_channel: bool = True) -> Int8Conv2d:
+    def from_float(cls, conv: nn.Conv2d, per_channel: bool = True, qmax: int | None = None) -> Int8Conv2d:
         if not isinstance(conv.padding, tuple) or conv.padding_mode != "zeros":
             raise ValueError(f"Int8Conv2d needs numeric zero padding, got {conv.padding!r} / {conv.padding_mode}")
         m = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,  # type: ignore[arg-type]
                 conv.dilation, conv.groups, pre_pad=static_padding_of(conv))
-        m.set_weight(conv.weight, conv.bias, per_channel)
+        m.set_weight(conv.weight, conv.bias, per_channel, qmax)
         return m
 
     def _pack(self, qw: torch.Tensor) -> Any:

@@ -7,6 +7,12 @@
 - ``quantize.cast``: targeted modules hold fp16/bf16 weights and compute in that dtype;
   inputs are cast down and outputs back up at the module boundary.
 
+The int8 weight codes follow the CPU (:mod:`slimkit.core.cpu`): full 8-bit codes where the
+int8 dot product accumulates in int32 (VNNI), 7-bit codes (``[-63, 63]``) where it adds pairs
+into int16 and would saturate; ``weight_bits`` (7 / 8) fixes the choice. The record keeps the
+decision and the CPU it was made on, and replaying an 8-bit artifact on a CPU without VNNI
+warns (:class:`~slimkit.core.cpu.Int8IsaWarning`).
+
 All three record the module structure, so ``slimkit.restore`` replays the swap and loads
 the int8 codes, scales and ranges exactly (they are plain buffers). The ONNX Runtime
 backend for the same ideas lives in :mod:`slimkit.export.ort_quant`.
@@ -18,7 +24,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from ..core import Context, MethodConfig, MethodError, Record, Targets, method_config, register_method
+from ..core import Context, MethodConfig, MethodError, Record, Targets, cpu, method_config, register_method
 from ..core.context import forward_batches
 from ..core.record import dtype_named
 from ..core.registry import register_replay
@@ -38,6 +44,8 @@ class DynamicInt8(MethodConfig):
     stage = "quantize"
 
     per_channel: bool = True
+    # "auto": 8-bit weight codes with a VNNI int8 dot product, 7-bit without (no int16 saturation)
+    weight_bits: Literal["auto", 8, 7] = "auto"
 
 
 @method_config
@@ -48,6 +56,7 @@ class StaticInt8(MethodConfig):
     stage = "quantize"
 
     per_channel: bool = True
+    weight_bits: Literal["auto", 8, 7] = "auto"  # as DynamicInt8.weight_bits
     observer: Literal["minmax", "percentile", "mse"] = "minmax"
     calib_batches: int = 8
 
@@ -106,16 +115,19 @@ def _int8_bytes(specs: dict[str, dict[str, Any]], model: nn.Module) -> int:
 @register_method(DynamicInt8)
 def dynamic_int8(model: nn.Module, config: DynamicInt8, targets: Targets, ctx: Context) -> Record:
     layers = _targets(model, targets, (nn.Linear,), config.kind)
+    qmax, isa = cpu.weight_choice(config.weight_bits)
     specs = {}
     for name, lin in layers:
         specs[name] = _linear_spec(lin)
-        _swap(model, name, Int8Linear.from_float(lin, "dynamic", config.per_channel))
-    return Record(kind=config.kind, data={"mode": "dynamic", "layers": specs},
-                  summary={"layers": len(specs), "int8_bytes": _int8_bytes(specs, model)})
+        _swap(model, name, Int8Linear.from_float(lin, "dynamic", config.per_channel, qmax))
+    return Record(kind=config.kind, data={"mode": "dynamic", "layers": specs, "int8_isa": isa},
+                  summary={"layers": len(specs), "int8_bytes": _int8_bytes(specs, model), "weight_qmax": qmax,
+                           "int8_isa": isa["name"]})
 
 
 @register_replay(DynamicInt8)
 def replay_dynamic(model: nn.Module, record: Record) -> None:
+    cpu.warn_if_poorer(record.data.get("int8_isa"), f"{record.kind} artifact")
     for name, spec in record.data["layers"].items():
         _swap(model, name, _build(spec, "dynamic"))
 
@@ -149,28 +161,30 @@ def static_int8(model: nn.Module, config: StaticInt8, targets: Targets, ctx: Con
         raise MethodError(f"{config.kind}: layer(s) {', '.join(unused)} saw no calibration data (their forward never "
                           f"ran on the {len(batches)} calibration batch(es)), so they have no activation range; "
                           "exclude them from the targets, or calibrate with batches that reach them")
+    qmax, isa = cpu.weight_choice(config.weight_bits)
     specs: dict[str, dict[str, Any]] = {}
     for name, mod in layers:
         in_s, in_zp = qparams(*obs[name][0].range(), bits=8, symmetric=False)
         out_s, out_zp = qparams(*obs[name][1].range(), bits=8, symmetric=False)
         if isinstance(mod, nn.Linear):
             specs[name] = _linear_spec(mod)
-            new: nn.Module = Int8Linear.from_float(mod, "static", config.per_channel)
+            new: nn.Module = Int8Linear.from_float(mod, "static", config.per_channel, qmax)
         else:
             try:
-                new = Int8Conv2d.from_float(mod, config.per_channel)
+                new = Int8Conv2d.from_float(mod, config.per_channel, qmax)
                 specs[name] = _conv_spec(mod)
             except ValueError as exc:
                 raise MethodError(f"{config.kind}: {name}: {exc}") from exc
         new.set_act_ranges(float(in_s), int(in_zp), float(out_s), int(out_zp))  # type: ignore[operator]
         _swap(model, name, new)
-    return Record(kind=config.kind, data={"mode": "static", "layers": specs},
+    return Record(kind=config.kind, data={"mode": "static", "layers": specs, "int8_isa": isa},
                   summary={"layers": len(specs), "calib_batches": len(batches),
-                           "int8_bytes": _int8_bytes(specs, model)})
+                           "int8_bytes": _int8_bytes(specs, model), "weight_qmax": qmax, "int8_isa": isa["name"]})
 
 
 @register_replay(StaticInt8)
 def replay_static(model: nn.Module, record: Record) -> None:
+    cpu.warn_if_poorer(record.data.get("int8_isa"), f"{record.kind} artifact")
     for name, spec in record.data["layers"].items():
         _swap(model, name, _build(spec, "static"))
 
