@@ -27,9 +27,16 @@ def base_model_class(path: Path) -> Any | None:
     the folder).
     """
     try:
-        archs = json.loads((path / "config.json").read_text()).get("architectures") or []
+        cfg = json.loads((path / "config.json").read_text())
+        if not isinstance(cfg, dict):
+            raise ValueError("not a JSON object")
     except (OSError, ValueError) as exc:
         raise ModelSpecError(f"{path / 'config.json'} is not readable JSON: {exc}") from exc
+    if cfg.get("auto_map"):  # the folder's model is defined by Python files shipped inside it
+        raise ModelSpecError(f"cannot load a Hugging Face model from {path}: its config.json names remote code "
+                             f"(auto_map {sorted(cfg['auto_map'])}), which slimkit never imports; load the model "
+                             "yourself and pass it to slimkit.apply / restore(model=...)")
+    archs = cfg.get("architectures") or []
     name = archs[0] if archs and isinstance(archs[0], str) else ""
     if not name or "For" in name:  # a head class: slimkit loads the bare model as before
         return None
