@@ -65,6 +65,9 @@ def write_onnx(model: nn.Module, example_inputs: Batch, dest: str | os.PathLike[
                calib: list[Batch] | None = None, calibration: str = "minmax", opset: int = 17,
                atol: float = 1e-3) -> dict[str, Any]:
     """Export ``model`` to ``dest`` (float or int8) and return what was done and measured."""
+    from ..quantize.int8_recurrent import refuse_unexportable
+
+    refuse_unexportable(model, "onnx")  # int8 LSTM/GRU: a clear refusal, not an exporter trace
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     if optimize == "auto":

@@ -248,8 +248,10 @@ def write_pt2e(model: nn.Module, example_inputs: Batch, dest: str | os.PathLike[
     With ``check``, the saved file is loaded back, compiled and run on ``example_inputs``;
     its deviation from the float model (max abs difference, mean row cosine) is recorded.
     """
+    from ..quantize.int8_recurrent import refuse_unexportable
     from .artifact import deviation
 
+    refuse_unexportable(model, "pt2e")  # LSTM/GRU: a clear refusal, not torch.export's UserError
     dest = Path(dest)
     program = quantize_pt2e(model, example_inputs, calib, static=static, fuse_linears=fuse_linears,
                            float_modules=float_modules)

@@ -154,6 +154,27 @@ def recurrent_spec(rnn: nn.RNNBase, method: str) -> dict[str, Any]:
             "batch_first": rnn.batch_first, "bidirectional": rnn.bidirectional}
 
 
+def refuse_unexportable(model: nn.Module, fmt: str) -> None:
+    """Raise a :class:`MethodError` naming the recurrent layer a format cannot hold.
+
+    ``onnx``: an :class:`Int8RNN` runs torch-only int8 cells (export the float model with
+    ``export.onnx int8: dynamic`` instead: ONNX Runtime quantizes its LSTM/GRU ops).
+    ``pt2e``: ``torch.export`` specialises any LSTM/GRU to the example's sequence length
+    (the program would serve one length only), float or int8.
+    """
+    from ..core import MethodError
+
+    for name, m in model.named_modules():
+        if fmt == "onnx" and isinstance(m, Int8RNN):
+            raise MethodError(f"export.onnx: {name!r} is an int8 {m.mode} (Int8RNN), which has no ONNX form; "
+                              "export the float model with export.onnx int8: dynamic (ONNX Runtime's int8 "
+                              f"{m.mode}) or serve the slimkit artifact")
+        if fmt == "pt2e" and isinstance(m, (nn.RNNBase, Int8RNN)):
+            raise MethodError(f"export.pt2e: {name!r} is a {m.mode} layer; torch.export fixes a recurrent layer's "
+                              "sequence length, so PT2E cannot serve it. Use export.onnx, or quantize.dynamic and "
+                              "the slimkit artifact")
+
+
 def build_recurrent(spec: dict[str, Any]) -> Int8RNN:
     return Int8RNN(spec["type"], spec["in"], spec["hidden"], spec["layers"], spec["batch_first"],
                    spec["bidirectional"])
@@ -206,4 +227,4 @@ def emulate(m: Int8RNN, x: torch.Tensor) -> torch.Tensor:
     return seq.transpose(0, 1) if m.batch_first else seq
 
 
-__all__ = ["Int8RNN", "build_recurrent", "emulate", "recurrent_spec"]
+__all__ = ["Int8RNN", "build_recurrent", "emulate", "recurrent_spec", "refuse_unexportable"]
