@@ -156,3 +156,22 @@ def test_magnitude_covers_every_recurrent_weight(cls) -> None:
     assert not any(n.startswith("rnn.bias") for n in rec.data["params"])
     # the recurrent weights are most of the model's matrices; the old rule saw only emb and head
     assert rec.summary["numel"] > sum(getattr(out.rnn, n).numel() for n in names)
+
+
+def test_projected_lstm_is_left_alone_and_round_to_applies() -> None:
+    class Proj(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.rnn = nn.LSTM(4, 8, proj_size=3, batch_first=True)
+            self.head = nn.Linear(3, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.head(self.rnn(x)[0].mean(dim=1))
+
+    x = torch.randn(2, 5, 4)
+    with pytest.raises(slimkit.core.MethodError, match="no prunable channel group"):
+        slimkit.apply(Proj(), ChannelPrune(ratio=0.5), Targets(include=("rnn",)), Context(example_inputs=x))
+    model, ids = _model(nn.GRU, True, True, "output")
+    out = slimkit.apply(model, ChannelPrune(ratio=0.3, round_to=4), Targets(include=("rnn",)),
+                        Context(example_inputs=ids))
+    assert out.rnn.hidden_size == 4  # 6 * 0.7 = 4.2 -> a multiple of 4

@@ -180,7 +180,8 @@ def equalize_kept(model: nn.Module, groups: list[Any], scores: dict[str, torch.T
         complete = len(entries) == rnn.num_layers * directions(rnn) and all((idx >= 0).all() for _, _, idx in entries)
         kept_counts = [sum(int(i) in out[g] for i in idx) for g, _, idx in entries]
         n = int(round(sum(kept_counts) / len(kept_counts))) if complete else H
-        n = min(H, max(min_keep, int(round(n / round_to)) * round_to if n < H else H))
+        if n < H:
+            n = min(H, max(min_keep, round_to * max(1, int(round(n / round_to)))))
         for g, _, idx in entries:
             s = scores[g][torch.as_tensor(idx)]  # [H] scores of this layer/direction's units
             best = set(torch.topk(s, n).indices.tolist())
