@@ -113,3 +113,18 @@ def test_plain_rnn_and_projected_lstm_are_refused() -> None:
 
     with pytest.raises(MethodError, match="proj_size"):
         slimkit.apply(Proj(), DynamicInt8(), Targets(include=("rnn",)))
+
+
+@pytest.mark.parametrize("cls", [nn.LSTM, nn.GRU])
+def test_profile_counts_recurrent_macs_like_float(cls) -> None:
+    from slimkit import measure
+
+    torch.manual_seed(0)
+    model = Net(cls).eval()
+    x = torch.randn(1, 5, 8)
+    g = 4 if cls is nn.LSTM else 3
+    # per token: layer 0 reads 8 inputs, layer 1 reads 2*12; both directions; plus the 24 -> 3 head
+    expected = 5 * 2 * g * 12 * ((8 + 12) + (24 + 12)) + 24 * 3
+    assert measure.profile(model, x).macs == expected
+    q = slimkit.apply(model, DynamicInt8(), Targets())
+    assert measure.profile(q, x).macs == expected

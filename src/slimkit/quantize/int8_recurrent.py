@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..measure.counter import register_mac_formula
 from .int8_modules import _qweight, quantize_weight
 
 _GATES = {"LSTM": 4, "GRU": 3}
@@ -178,6 +179,23 @@ def refuse_unexportable(model: nn.Module, fmt: str) -> None:
 def build_recurrent(spec: dict[str, Any]) -> Int8RNN:
     return Int8RNN(spec["type"], spec["in"], spec["hidden"], spec["layers"], spec["batch_first"],
                    spec["bidirectional"])
+
+
+def _quantized_rnn_macs(gates: int) -> Any:
+    """MACs of ``aten::quantized_lstm/gru``: per layer and direction ``T*B * G*H * (in + H)``."""
+
+    def macs(args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> int:
+        x, layers, bidir = args[0], int(args[4]), bool(args[7])
+        d, h = (2 if bidir else 1), int(out[1].shape[-1])
+        tb = x.numel() // max(1, x.shape[-1])
+        first = d * gates * h * (x.shape[-1] + h)
+        return tb * (first + (layers - 1) * d * gates * h * (d * h + h))
+
+    return macs
+
+
+register_mac_formula("aten::quantized_lstm", _quantized_rnn_macs(4))
+register_mac_formula("aten::quantized_gru", _quantized_rnn_macs(3))
 
 
 # -- integer emulation (the reference the kernel must match) ----------------------------------
