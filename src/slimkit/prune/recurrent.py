@@ -34,7 +34,6 @@ import numpy as np
 import torch
 from torch import nn
 
-GATES = {"LSTM": 4, "GRU": 3, "RNN_TANH": 1, "RNN_RELU": 1}
 _OPS = {"lstm": 4, "gru": 3, "rnn_tanh": 1, "rnn_relu": 1}
 _REC_PARAM = re.compile(r"^(weight_ih|weight_hh|bias_ih|bias_hh|weight_hr)_l(\d+)(_reverse)?$")
 
@@ -55,10 +54,6 @@ def is_recurrent_bias(module: nn.Module, pname: str) -> bool:
     return is_recurrent(module) and m is not None and m.group(1).startswith("bias")
 
 
-def gates_of(module: nn.RNNBase) -> int:
-    return GATES[module.mode]
-
-
 def directions(module: nn.RNNBase) -> int:
     return 2 if module.bidirectional else 1
 
@@ -68,11 +63,6 @@ def param_names(layer: int, direction: int, has_bias: bool) -> list[str]:
     sfx = f"_l{layer}" + ("_reverse" if direction else "")
     names = [f"weight_ih{sfx}", f"weight_hh{sfx}"]
     return names + ([f"bias_ih{sfx}", f"bias_hh{sfx}"] if has_bias else [])
-
-
-def unit_axis(layer: int, direction: int) -> str:
-    """The parameter whose dim 1 enumerates the hidden units of ``(layer, direction)``."""
-    return f"weight_hh_l{layer}" + ("_reverse" if direction else "")
 
 
 def fix_rnn(m: nn.RNNBase) -> None:
@@ -198,6 +188,5 @@ def rnn_producer(module: nn.Module, attr: str, dim: int) -> bool:
     return is_recurrent(module) and m is not None and m.group(1) == "weight_hh" and dim == 0
 
 
-__all__ = ["GATES", "directions", "equalize_kept", "fix_rnn", "gates_of", "is_recurrent", "is_recurrent_bias",
-           "is_recurrent_weight", "is_stacked_state", "label_rnn", "param_names", "rnn_op_gates", "rnn_producer",
-           "rnn_units", "unit_axis"]
+__all__ = ["directions", "equalize_kept", "fix_rnn", "is_recurrent", "is_recurrent_bias", "is_recurrent_weight",
+           "is_stacked_state", "label_rnn", "param_names", "rnn_op_gates", "rnn_producer", "rnn_units"]

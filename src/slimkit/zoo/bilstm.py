@@ -81,7 +81,7 @@ def _batches(tokenizer, texts: list[str], labels: list[int], batch_size: int, ma
 
 
 def train_bilstm(tokenizer) -> BiLSTMClassifier:
-    """Seed, build and train the classifier on SST-2 train (Adam, linear decay); one epoch over 32 k of the 60 k train phrases."""
+    """Seed, build and train the classifier (Adam, linear decay): one epoch over 32 k of the 60 k train phrases."""
     global TRAIN_COUNT
     from .data import read_sst2
 
