@@ -4,6 +4,8 @@ Runs the preset (hidden-unit pruning, KD recovery, dynamic int8 LSTM + head), sa
 artifact and restores it (what is timed is what ``slimkit.restore`` serves), then reports:
 
 - SST-2 test accuracy (872 sentences) of fp32 and of the restored artifact;
+- the same for two int8-LSTM variants (quantize.dynamic on the LSTM of the zoo model, and
+  of the pruned + distilled model), which show why the preset leaves its LSTM fp32;
 - paired, interleaved batch-1 latency (``slimkit.measure.compare``: per-round medians,
   median ratio with its 25-75 % spread) on real SST-2 test sentences at the 25th, 50th
   and 90th percentile of token length, plus the 128-token example input;
@@ -31,7 +33,8 @@ import torch
 import slimkit
 from slimkit import measure, zoo
 from slimkit.cli.pipeline import context_for
-from slimkit.core import Recipe
+from slimkit.core import Recipe, Targets
+from slimkit.quantize.ptq import DynamicInt8
 from slimkit.zoo.data import read_sst2
 
 T0 = time.perf_counter()
@@ -86,7 +89,8 @@ def main() -> None:
     log(f"running {recipe.name}")
     t = time.perf_counter()
     ctx = context_for(zm, task, progress=False)
-    out = recipe.run(zm.model, ctx)
+    stages: dict[int, torch.nn.Module] = {}
+    out = recipe.run(zm.model, ctx, on_step=lambda i, s, m: stages.__setitem__(i, m))
     recipe_s = time.perf_counter() - t
     log(f"recipe done in {recipe_s:.0f}s; saving and restoring")
     with tempfile.TemporaryDirectory() as d:
@@ -94,27 +98,40 @@ def main() -> None:
         slimkit.save(out, Path(d) / "fast", spec=zm.spec)
         sizes = {k: (Path(d) / k / "model.safetensors").stat().st_size for k in ("dense", "fast")}
         served = slimkit.restore(Path(d) / "fast")
+    # why the preset keeps the LSTM fp32: the int8 LSTM (Int8RNN) on the dense and on the pruned model
+    int8 = Targets(include=("lstm", "head"))
+    trained = next(m for i, m in sorted(stages.items()) if recipe.steps[i].config.kind == "distill.logits")
+    variants = {
+        args.recipe + " (restored artifact)": served,
+        "zoo model + quantize.dynamic (Int8RNN LSTM + int8 head)": slimkit.apply(zm.model, DynamicInt8(), int8),
+        "pruned + KD + quantize.dynamic on the LSTM too": slimkit.apply(trained, DynamicInt8(), int8),
+    }
     fp32_acc = task.evaluate(zm.model, zm)["accuracy"]
-    res = task.evaluate(served, zm, reference=zm.model)
-    log(f"accuracy fp32 {fp32_acc:.4f}, {recipe.name} {res['accuracy']:.4f} (agreement {res['agreement']:.4f})")
+    accuracy: dict[str, Any] = {"fp32": fp32_acc, "n": 872, "split": "sst2 test"}
+    for name, model in variants.items():
+        res = task.evaluate(model, zm, reference=zm.model)
+        accuracy[name] = {"accuracy": res["accuracy"], "agreement": res["agreement"],
+                          "delta_points": 100 * (res["accuracy"] - fp32_acc)}
+        log(f"accuracy fp32 {fp32_acc:.4f}, {name} {res['accuracy']:.4f} (agreement {res['agreement']:.4f})")
 
-    latency = {}
+    latency: dict[str, Any] = {}
     with torch.no_grad():
-        for name, batch in length_batches(zm).items():
-            r = measure.compare(zm.model, served, batch, rounds=args.rounds, iters_per_round=10, warmup=5,
-                                threads=args.threads)
-            latency[name] = {"speedup": r.speedup, "speedup_p25": r.speedup_p25, "speedup_p75": r.speedup_p75,
-                             "fp32_ms": r.median_a_ms, "fast_ms": r.median_b_ms}
-            log(f"{name}: fp32 {r.median_a_ms:.3f} ms, fast {r.median_b_ms:.3f} ms, "
-                f"speedup {r.speedup:.2f}x [{r.speedup_p25:.2f}, {r.speedup_p75:.2f}]")
+        for bname, batch in length_batches(zm).items():
+            for name, model in variants.items():
+                r = measure.compare(zm.model, model, batch, rounds=args.rounds, iters_per_round=10, warmup=5,
+                                    threads=args.threads)
+                latency.setdefault(name, {})[bname] = {
+                    "speedup": r.speedup, "speedup_p25": r.speedup_p25, "speedup_p75": r.speedup_p75,
+                    "fp32_ms": r.median_a_ms, "candidate_ms": r.median_b_ms}
+                log(f"{bname} | {name}: fp32 {r.median_a_ms:.3f} ms, {r.median_b_ms:.3f} ms, "
+                    f"speedup {r.speedup:.2f}x [{r.speedup_p25:.2f}, {r.speedup_p75:.2f}]")
     lstm = served.get_submodule("lstm")
     doc = {
         "model": zm.spec, "recipe": recipe.name, "recipe_steps": [s.to_dict() for s in recipe.steps],
         "recipe_seconds": round(recipe_s, 1),
         "hidden_units": {"fp32": zm.model.lstm.hidden_size, "fast": int(lstm.hidden_size)},
         "served_lstm": type(lstm).__name__,
-        "accuracy": {"fp32": fp32_acc, "fast": res["accuracy"], "agreement": res["agreement"],
-                     "delta_points": 100 * (res["accuracy"] - fp32_acc), "n": res["n"], "split": "sst2 test"},
+        "accuracy": accuracy,
         "file_bytes": sizes,
         "batch1_latency": latency,
         "timing": {"method": "slimkit.measure.compare (paired, interleaved rounds, per-round medians)",
