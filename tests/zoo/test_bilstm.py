@@ -86,4 +86,4 @@ def test_pretrained_bilstm_accuracy(data_dir: Path) -> None:
     """The real zoo model (trained on first use, ~minutes, then cached) is a fair SST-2 classifier."""
     zm = zoo.load("zoo:sst2-bilstm")
     acc = zoo.get_task("sst2").evaluate(zm)["accuracy"]
-    assert acc >= 0.78, acc
+    assert acc >= 0.75, acc  # 0.79 measured; random is 0.5
