@@ -13,7 +13,7 @@ artifact and restores it (what is timed is what ``slimkit.restore`` serves), the
 
 Usage::
 
-    SLIMKIT_DATA=/work/shared/data HF_HUB_OFFLINE=1 python benchmarks/bilstm.py [--rounds 15] [--threads 1]
+    SLIMKIT_DATA=/work/shared/data HF_HUB_OFFLINE=1 python benchmarks/bilstm.py [--rounds 15] [--threads 1 2]
 
 Writes ``benchmarks/results/bilstm.json``.
 """
@@ -79,7 +79,7 @@ def length_batches(zm: zoo.ZooModel) -> dict[str, dict[str, torch.Tensor]]:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=15)
-    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--recipe", default="sst2-bilstm-fast")
     args = ap.parse_args()
 
@@ -116,15 +116,16 @@ def main() -> None:
 
     latency: dict[str, Any] = {}
     with torch.no_grad():
-        for bname, batch in length_batches(zm).items():
-            for name, model in variants.items():
-                r = measure.compare(zm.model, model, batch, rounds=args.rounds, iters_per_round=10, warmup=5,
-                                    threads=args.threads)
-                latency.setdefault(name, {})[bname] = {
-                    "speedup": r.speedup, "speedup_p25": r.speedup_p25, "speedup_p75": r.speedup_p75,
-                    "fp32_ms": r.median_a_ms, "candidate_ms": r.median_b_ms}
-                log(f"{bname} | {name}: fp32 {r.median_a_ms:.3f} ms, {r.median_b_ms:.3f} ms, "
-                    f"speedup {r.speedup:.2f}x [{r.speedup_p25:.2f}, {r.speedup_p75:.2f}]")
+        for threads in args.threads:
+            for bname, batch in length_batches(zm).items():
+                for name, model in variants.items():
+                    r = measure.compare(zm.model, model, batch, rounds=args.rounds, iters_per_round=10, warmup=5,
+                                        threads=threads)
+                    latency.setdefault(f"{threads} threads", {}).setdefault(name, {})[bname] = {
+                        "speedup": r.speedup, "speedup_p25": r.speedup_p25, "speedup_p75": r.speedup_p75,
+                        "fp32_ms": r.median_a_ms, "candidate_ms": r.median_b_ms}
+                    log(f"{threads} threads | {bname} | {name}: fp32 {r.median_a_ms:.3f} ms, {r.median_b_ms:.3f} ms,"
+                        f" speedup {r.speedup:.2f}x [{r.speedup_p25:.2f}, {r.speedup_p75:.2f}]")
     lstm = served.get_submodule("lstm")
     doc = {
         "model": zm.spec, "recipe": recipe.name, "recipe_steps": [s.to_dict() for s in recipe.steps],
@@ -135,7 +136,8 @@ def main() -> None:
         "file_bytes": sizes,
         "batch1_latency": latency,
         "timing": {"method": "slimkit.measure.compare (paired, interleaved rounds, per-round medians)",
-                   "rounds": args.rounds, "iters_per_round": 10, "threads": args.threads, "runtime": "PyTorch eager"},
+                   "rounds": args.rounds, "iters_per_round": 10, "threads": args.threads,
+                   "runtime": "PyTorch eager (what slimkit.restore serves)"},
         "cpu": cpu_info(),
     }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
