@@ -47,7 +47,7 @@ def test_preset_steps_run_on_a_tiny_stand_in(tmp_path: Path) -> None:
     out = Recipe(steps=steps, name="t").run(teacher, ctx)
     # the LSTM stays fp32 (faster than int8 cells once pruned, see the preset's description)
     assert isinstance(out.lstm, torch.nn.LSTM) and isinstance(out.head, Int8Linear)
-    assert out.lstm.hidden_size == 8 and out.head.in_features == 4 * 8  # [mean ; max] of both directions
+    assert out.lstm.hidden_size == 6 and out.head.in_features == 4 * 6  # 16 * (1 - 0.625); [mean ; max] x 2 dirs
     x = inputs[1]
     assert out(**x).shape == (4, 2)
     slimkit.save(out, tmp_path / "a")
