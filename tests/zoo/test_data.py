@@ -36,7 +36,7 @@ def test_unknown_split_and_task_are_data_errors(data_dir: Path) -> None:
         read_sst2("validation")
     with pytest.raises(DataError, match="digits, stsb, sst2-probe, imagenet-sample"):
         zoo.get_task("mnist")
-    assert zoo.tasks() == ["digits", "stsb", "sst2-probe", "imagenet-sample"]
+    assert zoo.tasks() == ["digits", "stsb", "sst2-probe", "imagenet-sample", "sst2"]
 
 
 @pytest.mark.data

@@ -16,7 +16,7 @@ from slimkit.prune import MagnitudePrune
 
 
 def test_specs_lists_the_zoo() -> None:
-    assert zoo.specs() == ["zoo:digits-cnn", "zoo:minilm-l6", "zoo:efficientnet-lite0"]
+    assert zoo.specs() == ["zoo:digits-cnn", "zoo:minilm-l6", "zoo:efficientnet-lite0", "zoo:sst2-bilstm"]
 
 
 @pytest.mark.parametrize("spec", ["digits-cnn", "zoo:resnet50", "tf:foo", "zoo:", "", "py:nomodule"])

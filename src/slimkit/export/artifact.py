@@ -86,6 +86,9 @@ def write_onnx(model: nn.Module, example_inputs: Batch, dest: str | os.PathLike[
     ``int8="auto"`` makes exactly those layers dynamic int8 in the file; the file's deviation
     from the int8 PyTorch model is recorded.
     """
+    from ..quantize.int8_recurrent import refuse_unexportable
+
+    refuse_unexportable(model, "onnx")  # int8 LSTM/GRU: a clear refusal, not an exporter trace
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     view, example_inputs = export_view(model, example_inputs, output=output, part=part)

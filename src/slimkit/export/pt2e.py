@@ -298,8 +298,10 @@ def write_pt2e(model: nn.Module, example_inputs: Batch, dest: str | os.PathLike[
     ``output`` / ``part`` choose the tensor and module exported (:func:`~.view.export_view`);
     ``float_modules`` are module names in ``model``.
     """
+    from ..quantize.int8_recurrent import refuse_unexportable
     from .artifact import deviation
 
+    refuse_unexportable(model, "pt2e")  # LSTM/GRU: a clear refusal, not torch.export's UserError
     dest = Path(dest)
     view, example_inputs = export_view(model, example_inputs, output=output, part=part)
     qmax, isa = cpu.weight_choice(weight_bits)

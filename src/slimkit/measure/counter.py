@@ -247,3 +247,12 @@ for _name in ("aten::_flash_attention_forward", "aten::_efficient_attention_forw
 register_mac_formula("aten::embedding", _zero, access=_embedding_access)
 register_mac_formula("aten::_embedding_bag", _zero, access=_embedding_bag_access)
 register_mac_formula("aten::_embedding_bag_forward_only", _zero, access=_embedding_bag_access)
+
+
+def _rnn_layer(args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> int:
+    """``aten::mkldnn_rnn_layer`` (one LSTM layer and direction on CPU): ``T*B * (|W_ih| + |W_hh|)``."""
+    x, w_ih, w_hh = args[0], args[1], args[2]
+    return (x.numel() // max(1, x.shape[-1])) * (w_ih.numel() + w_hh.numel())
+
+
+register_mac_formula("aten::mkldnn_rnn_layer", _rnn_layer)

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import warnings
 
 import numpy as np
 import torch
@@ -119,7 +120,9 @@ def trace(model: nn.Module, example_inputs: Batch) -> torch.export.ExportedProgr
     was_training = model.training
     model.eval()
     try:
-        return torch.export.export(model, args, kwargs, strict=False)
+        with warnings.catch_warnings():  # nn.LSTM/GRU refresh their _flat_weights list while traced: harmless
+            warnings.filterwarnings("ignore", message=r"The tensor attributes .*_flat_weights")
+            return torch.export.export(model, args, kwargs, strict=False)
     except Exception as exc:  # export raises many types
         raise ModelSpecError(f"structured pruning needs a model torch.export can trace; export failed: {exc}") from exc
     finally:

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from ..core import Context, MethodConfig, MethodError, Record, Targets, method_config, register_method
+from .recurrent import is_recurrent_bias, is_recurrent_weight
 from .masks import global_topk_masks, sparsity_of, topk_mask
 from .sparsity import class_distribution_masks, class_uniform_masks, weight_class
 
@@ -63,13 +64,16 @@ def prunable_params(model: nn.Module, targets: Targets, include_bias: bool) -> l
     """``(qualified_name, param)`` for the weight matrices/kernels of the targeted modules.
 
     Weights need at least 2 dims (norm scales are left alone); biases only on request.
+    Recurrent layers hold several weight matrices (``weight_ih_lK`` / ``weight_hh_lK``, and
+    ``_reverse``), all of which count as weights.
     Shared parameters appear once.
     """
     out: list[tuple[str, nn.Parameter]] = []
     seen: set[int] = set()
     for name, module in targets.iter(model):
         for pname, p in module.named_parameters(recurse=False):
-            wanted = (pname == "weight" and p.dim() >= 2) or (include_bias and pname == "bias")
+            wanted = ((pname == "weight" and p.dim() >= 2) or is_recurrent_weight(module, pname)
+                      or (include_bias and (pname == "bias" or is_recurrent_bias(module, pname))))
             if wanted and id(p) not in seen:
                 seen.add(id(p))
                 out.append((f"{name}.{pname}" if name else pname, p))

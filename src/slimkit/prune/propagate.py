@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from ..core.errors import MethodError
+from . import recurrent
 from .propagate_ops import IndexOps, _module_of, _shape
 
 Axis = tuple[str, int]  # (parameter or buffer qualified name, dim)
@@ -122,6 +123,8 @@ class _Propagator(IndexOps):
         self.param_of: dict[str, str] = {**sig.inputs_to_parameters, **sig.inputs_to_buffers}
         self.state = {**dict(model.named_parameters(remove_duplicate=False)),
                       **dict(model.named_buffers(remove_duplicate=False))}
+        self.rnn_nodes: set[Any] = set()  # aten.lstm/gru/rnn nodes (see .recurrent)
+        self.rnn_states: set[Any] = set()  # their h_n / c_n outputs: dim 0 is layer*direction
 
     # -- helpers -----------------------------------------------------------------------
     def pname(self, arg: Any) -> str | None:
@@ -201,6 +204,8 @@ class _Propagator(IndexOps):
                 self.freeze_all(node, f"{op} of a channel-carrying value")
             return None
         if op == "getitem":
+            if args[0] in self.rnn_nodes and args[1] >= 1:
+                self.rnn_states.add(node)
             v = self.labels.get(args[0])
             return v[args[1]] if isinstance(v, list) else None
         if op in _PASS or op in _SPATIAL:
@@ -222,6 +227,10 @@ class _Propagator(IndexOps):
                 out = _compress(np.where(a >= 0, a, b))
             self.fixed_size_operands(out, bare, len(shape), op)
             return out
+        gates = recurrent.rnn_op_gates(op)
+        if gates is not None:
+            self.rnn_nodes.add(node)
+            return recurrent.label_rnn(self, node, args, gates)
         handler = getattr(self, f"op_{op}", None)
         if handler is not None:
             return handler(node, args, kw, x, shape)
@@ -367,6 +376,9 @@ class _Propagator(IndexOps):
         end = args[3] if len(args) > 3 and args[3] is not None else x.shape[dim]
         step = args[4] if len(args) > 4 else 1
         idx = np.arange(x.shape[dim])[slice(start, end, step)]
+        if recurrent.is_stacked_state(self, args[0], dim):  # h_n[-2:]: a range of layers
+            self.rnn_states.add(node)
+            return x.take(idx, axis=dim)
         kept = x.take(idx, axis=dim)
         dropped = np.delete(x, idx, axis=dim)
         # constant slice bounds: safe only inside units (rotate_half within a head); a unit
@@ -396,6 +408,8 @@ class _Propagator(IndexOps):
         if x is None:
             return None
         dim = args[1] % x.ndim
+        if x.shape[dim] > 1 and recurrent.is_stacked_state(self, args[0], dim):
+            return np.take(x, args[2], axis=dim)  # h_n[-1]: picks a layer, never a unit
         if x.shape[dim] > 1:
             self.L.freeze(x, "indexed by a constant")
             return None

@@ -47,7 +47,7 @@ from ..core import (
 )
 from ..core.context import call_model
 from ..core.record import index_list
-from . import allocation, importance
+from . import allocation, importance, recurrent
 from .graph import DependencyGraph, Group, analyze
 from .surgery import Plan, check_plan, slice_params
 
@@ -261,6 +261,10 @@ def producers(model: nn.Module, group: Group) -> list[str]:
     for param, dim in group.members:
         mod_name, _, attr = param.rpartition(".")
         m = model.get_submodule(mod_name)
+        if recurrent.rnn_producer(m, attr, dim):  # LSTM/GRU hidden units
+            if mod_name not in out:
+                out.append(mod_name)
+            continue
         if attr != "weight" or m.weight.dim() < 2:
             continue
         out_dim = 1 if type(m).__name__ == "Conv1D" or isinstance(m, nn.Embedding) else 0
@@ -377,6 +381,8 @@ def channel_prune(model: nn.Module, config: ChannelPrune, targets: Targets, ctx:
     scores = {g.name: group_scores(model, g, config.importance, grads, ctx.seed) for g in groups}
     kept = allocation.allocate(scores, config.ratio, mode=config.scope, per_group_ratio=config.per_group_ratio,
                                round_to=config.round_to, min_keep=config.min_keep)
+    # an nn.LSTM/GRU has one hidden_size: the same unit count in every layer and direction
+    kept = recurrent.equalize_kept(model, groups, scores, kept, config.round_to, config.min_keep)
     return _run(model, graph, kept, batch, config.kind)
 
 

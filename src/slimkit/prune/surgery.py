@@ -65,6 +65,10 @@ def fix_module(m: nn.Module) -> None:
         m.num_channels = w.shape[0]
     elif isinstance(m, nn.Embedding):
         m.num_embeddings, m.embedding_dim = w.shape
+    elif isinstance(m, nn.RNNBase):  # LSTM/GRU: hidden_size from weight_hh, flat weight list
+        from .recurrent import fix_rnn
+
+        fix_rnn(m)
     elif type(m).__name__ == "Conv1D" and hasattr(m, "nf"):  # HF GPT-2: weight [in, out]
         m.nf = w.shape[1]
         if hasattr(m, "nx"):

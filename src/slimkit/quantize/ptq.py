@@ -1,7 +1,8 @@
 """Post-training quantization methods on PyTorch's int8 kernels, and fp16/bf16 casting.
 
 - ``quantize.dynamic``: targeted ``Linear`` layers become :class:`Int8Linear` (int8
-  weights, activations quantized per call); no data needed.
+  weights, activations quantized per call) and ``LSTM`` / ``GRU`` layers
+  :class:`~.int8_recurrent.Int8RNN`; no data needed.
 - ``quantize.static``: targeted ``Linear`` / ``Conv2d`` layers become static int8 modules
   whose uint8 input/output ranges come from observers run over ``ctx.calib_data``.
 - ``quantize.cast``: targeted modules hold fp16/bf16 weights and compute in that dtype;
@@ -31,6 +32,7 @@ from ..core.registry import register_replay
 from ..measure.counter import register_mac_formula
 from .affine import qparams
 from .int8_modules import Int8Conv2d, Int8Linear, static_padding_of
+from .int8_recurrent import Int8RNN, build_recurrent, recurrent_spec
 from .observers import MinMaxObserver, MSEObserver, Observer, PercentileObserver
 
 _OBSERVERS = {"minmax": MinMaxObserver, "percentile": PercentileObserver, "mse": MSEObserver}
@@ -100,6 +102,8 @@ def _conv_spec(m: nn.Conv2d) -> dict[str, Any]:
 
 
 def _build(spec: dict[str, Any], mode: str) -> nn.Module:
+    if spec["type"] in ("LSTM", "GRU"):
+        return build_recurrent(spec)
     if spec["type"] == "Linear":
         return Int8Linear(spec["in"], spec["out"], mode)  # type: ignore[arg-type]
     return Int8Conv2d(spec["in"], spec["out"], tuple(spec["kernel"]), tuple(spec["stride"]),  # type: ignore[arg-type]
@@ -114,10 +118,14 @@ def _int8_bytes(specs: dict[str, dict[str, Any]], model: nn.Module) -> int:
 
 @register_method(DynamicInt8)
 def dynamic_int8(model: nn.Module, config: DynamicInt8, targets: Targets, ctx: Context) -> Record:
-    layers = _targets(model, targets, (nn.Linear,), config.kind)
+    layers = _targets(model, targets, (nn.Linear, nn.LSTM, nn.GRU), config.kind)
     qmax, isa = cpu.weight_choice(config.weight_bits)
     specs = {}
     for name, lin in layers:
+        if isinstance(lin, nn.RNNBase):  # LSTM/GRU: int8 recurrent kernels (int8_recurrent.py)
+            specs[name] = recurrent_spec(lin, config.kind)
+            _swap(model, name, Int8RNN.from_float(lin, config.per_channel, qmax))
+            continue
         specs[name] = _linear_spec(lin)
         _swap(model, name, Int8Linear.from_float(lin, "dynamic", config.per_channel, qmax))
     return Record(kind=config.kind, data={"mode": "dynamic", "layers": specs, "int8_isa": isa},

@@ -74,7 +74,7 @@ class ZooModel:
         return torch.rand((batch_size, *self.input_shape), generator=gen)  # [B, C, H, W] in [0, 1)
 
 
-ZOO_NAMES = ("digits-cnn", "minilm-l6", "efficientnet-lite0")
+ZOO_NAMES = ("digits-cnn", "minilm-l6", "efficientnet-lite0", "sst2-bilstm")
 
 
 def specs() -> list[str]:
@@ -129,6 +129,12 @@ def _load_zoo(name: str, spec: str) -> ZooModel:
         path = minilm_path()
         return ZooModel(model=load_sentence_embedder(path), spec=spec, family="text", default_task="stsb",
                         tokenizer=TextTokenizer(path))
+    if name == "sst2-bilstm":
+        from .bilstm import pretrained_bilstm
+        from .minilm import minilm_path
+
+        tok = TextTokenizer(minilm_path())  # the MiniLM WordPiece vocabulary
+        return ZooModel(model=pretrained_bilstm(tok), spec=spec, family="text", default_task="sst2", tokenizer=tok)
     from .efficientnet import IMAGE_SIZE, build_efficientnet_lite0, normalize_images
 
     return ZooModel(model=build_efficientnet_lite0(), spec=spec, family="image", default_task="imagenet-sample",

@@ -6,10 +6,12 @@ from __future__ import annotations
 
 from ..core.errors import DataError
 from .image_tasks import DigitsTask, ImageNetSampleTask
+from .sst2_task import Sst2Task
 from .task_base import Task
 from .text_tasks import Sst2ProbeTask, StsbTask
 
-_TASKS: dict[str, Task] = {t.name: t for t in (DigitsTask(), StsbTask(), Sst2ProbeTask(), ImageNetSampleTask())}
+_TASKS: dict[str, Task] = {t.name: t for t in (DigitsTask(), StsbTask(), Sst2ProbeTask(), ImageNetSampleTask(),
+                                               Sst2Task())}
 
 
 def tasks() -> list[str]:
