@@ -22,30 +22,17 @@ MUST_WORK = {
                                           "bart", "whisper_encoder", "wav2vec2", "vit", "deit", "swin")},
     **{(m, "prune.magnitude"): True for m in MODELS},
     **{(m, "save/restore"): True for m in MODELS},
+    **{(m, "export.onnx"): True for m in ("bert", "roberta", "distilbert", "gpt2", "llama_gqa", "t5_encoder", "qwen2",
+                                          "mistral", "gpt_neox", "bart", "whisper_encoder", "wav2vec2", "vit", "deit",
+                                          "swin", "lstm", "gru", "mha")},
+    **{(m, "prune.channel"): True for m in ("lstm", "gru")},
+    **{(m, "quantize.dynamic"): True for m in ("bert", "qwen2", "bart", "t5_encoder", "lstm", "gru", "mha")},
 }
 
 
-# Cells failing on this branch whose fixes are being made on other branches (strict xfail:
-# once a fix is merged the cell passes, the xfail turns into a failure, and its entry must go)
-_HF_EXPORT = "HF ModelOutput / use_cache / enc-dec export: fixed on the HF/export helper's branch"
-_QUANT_SWAP = "a module reads .weight of a swapped int8 layer: fixed on the quantization-swap branch"
-_RECURRENT = "LSTM/GRU pruning and export: fixed on the recurrent helper's branch"
-KNOWN_BROKEN: dict[tuple[str, str], str] = {
-    **{(m, "export.onnx"): _HF_EXPORT for m in ("distilbert", "t5_encoder", "vit", "convnext", "resnet",
-                                                "mobilenet_v2", "bart", "whisper_encoder", "wav2vec2", "deit",
-                                                "swin")},
-    ("roberta", "export.pt2e"): _HF_EXPORT,
-    ("bart", "export.pt2e"): _HF_EXPORT,
-    ("t5_encoder", "quantize.dynamic"): _QUANT_SWAP,
-    ("t5_encoder", "quantize.static"): _QUANT_SWAP,
-    ("vit", "quantize.static"): _QUANT_SWAP,
-    ("deit", "quantize.static"): _QUANT_SWAP,
-    ("mha", "quantize.dynamic"): _QUANT_SWAP,
-    ("lstm", "prune.channel"): _RECURRENT,
-    ("gru", "prune.channel"): _RECURRENT,
-    ("lstm", "export.pt2e"): _RECURRENT,
-    ("gru", "export.pt2e"): _RECURRENT,
-}
+# Cells known to fail, with the reason (strict xfail: once fixed, the cell passes, the xfail
+# turns into a failure, and its entry must go). Empty: every cell works or names what it lacks.
+KNOWN_BROKEN: dict[tuple[str, str], str] = {}
 
 
 def _cells() -> list:

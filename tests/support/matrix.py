@@ -107,6 +107,15 @@ def reference(model: nn.Module, batch: Batch) -> torch.Tensor:
     return ref
 
 
+def export_reference(model: nn.Module, batch: Batch) -> torch.Tensor:
+    """The output the exporters write by default: :func:`slimkit.export.view.export_view`'s view
+    (logits, else last_hidden_state; an encoder-decoder's encoder), run in PyTorch."""
+    from slimkit.export.view import export_view
+
+    view, view_batch = export_view(model, batch)
+    return reference(view, view_batch)
+
+
 def n_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
@@ -278,7 +287,7 @@ def _onnx(spec: Spec, method: str) -> str:
     from slimkit.export.onnx import OrtModel
 
     model, batch = spec.factory()
-    ref = reference(model, batch)
+    ref = export_reference(model, batch)
     with tempfile.TemporaryDirectory() as tmp:
         ctx = slimkit.Context(example_inputs=batch, extras={"export_dir": tmp})
         slimkit.apply(model, OnnxExport(), ctx=ctx)
@@ -291,7 +300,7 @@ def _pt2e(spec: Spec, method: str) -> str:
     from slimkit.export.pt2e import Pt2eExport, Pt2eModel
 
     model, batch = spec.factory()
-    ref = reference(model, batch)
+    ref = export_reference(model, batch)
     with tempfile.TemporaryDirectory() as tmp:
         ctx = slimkit.Context(example_inputs=batch, calib_data=calib_batches(batch), extras={"export_dir": tmp})
         slimkit.apply(model, Pt2eExport(check=False), ctx=ctx)

@@ -114,3 +114,31 @@ def _fill_meta(gm: fx.GraphModule, originals: list[fx.Node], fused: fx.Node, par
 def _frozen(t: torch.Tensor) -> torch.nn.Parameter:
     """A frozen parameter (the program is for inference)."""
     return torch.nn.Parameter(t, requires_grad=False)
+
+
+def drop_integer_observers(gm: fx.GraphModule) -> int:
+    """Remove activation observers that the quantizer put on integer tensors; returns how many.
+
+    x86 quantizer annotations match ops (``add``, ``mul``) without looking at dtypes, so in
+    HF models that compute position ids from the mask (RoBERTa: ``cumsum(mask) * mask +
+    pad``) an observer lands on an int64 tensor, and its histogram fails on the first
+    calibration batch. Integer tensors are exact already: the edge simply stays unquantized.
+    """
+    removed = 0
+    for node in list(gm.graph.nodes):
+        if node.op != "call_module" or not node.args:
+            continue
+        mod = gm.get_submodule(str(node.target))
+        if not type(mod).__name__.endswith(("Observer", "FakeQuantize")) and "activation_post_process" not in str(
+                node.target):
+            continue
+        src = node.args[0]
+        val = src.meta.get("val") if isinstance(src, fx.Node) else None
+        if isinstance(val, torch.Tensor) and not (val.is_floating_point() or val.is_complex()):
+            node.replace_all_uses_with(src)
+            gm.graph.erase_node(node)
+            removed += 1
+    if removed:
+        gm.graph.lint()
+        gm.recompile()
+    return removed

@@ -33,7 +33,7 @@ from torch import nn
 from ..core import Context, MethodConfig, Record, Targets, cpu, method_config, register_method
 from ..core.context import Batch, batch_args
 from ..core.errors import ArtifactError, MethodError
-from .graph_passes import fuse_sibling_linears
+from .graph_passes import drop_integer_observers, fuse_sibling_linears
 from .int8_float import dequantized_int8
 from .view import ExportView, Part, export_view
 
@@ -175,6 +175,7 @@ def quantize_pt2e(model: nn.Module, example_inputs: Batch, calib: Iterable[Batch
             if fuse_linears:
                 fuse_sibling_linears(graph)
             prepared = quantize_pt2e_mod.prepare_pt2e(graph, _quantizer(xiq, static, float_modules, weight_qmax))
+            drop_integer_observers(prepared)  # int tensors (RoBERTa's position ids) stay exact
             # dynamic int8 still needs one forward: the weight observers record the weight
             # ranges when they run; unrun, convert quantizes the weights with meaningless
             # scales (MiniLM STS-B 30 instead of 81; tiny Qwen2 output cosine 0.89 vs 0.99998)
