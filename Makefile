@@ -27,6 +27,7 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	@if [ -z "$$SLIMKIT_DATA" ]; then echo "note: ../shared/data not found; tests that need real data will fail with a message"; fi
+	@$(BIN)/python -c "from slimkit.core.cpu import int8_isa; print(int8_isa().line())"
 	$(BIN)/python -m pytest -q --durations=15 $(PYTEST_ARGS)
 
 # The int8 tests again with the int8 kernels forced below VNNI (what AVX2-only CPUs such as AMD
@@ -35,6 +36,7 @@ test: $(STAMP)
 # x86-64 CPU. ONNX Runtime's MLAS cannot be forced (docs/quantization.md).
 INT8_AVX2_ENV := FBGEMM_ENABLE_INSTRUCTIONS=AVX2 ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2
 test-int8-avx2: $(STAMP)
+	@$(INT8_AVX2_ENV) $(BIN)/python -c "from slimkit.core.cpu import int8_isa; print(int8_isa().line())"
 	$(INT8_AVX2_ENV) $(BIN)/python -m pytest -q -m int8 --durations=5 $(PYTEST_ARGS)
 
 lint: $(STAMP)

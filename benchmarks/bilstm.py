@@ -81,6 +81,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=15)
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--recipe", default="sst2-bilstm-fast")
+    ap.add_argument("--out", default=str(RESULTS), help="where to write the JSON")
     args = ap.parse_args()
 
     zm = zoo.load("zoo:sst2-bilstm")
@@ -141,7 +142,7 @@ def main() -> None:
         "cpu": cpu_info(),
     }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(doc, indent=2) + "\n")
+    Path(args.out).write_text(json.dumps(doc, indent=2) + "\n")
     log(f"wrote {RESULTS}")
 
 
