@@ -143,7 +143,7 @@ def main() -> None:
     }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(doc, indent=2) + "\n")
-    log(f"wrote {RESULTS}")
+    log(f"wrote {args.out}")
 
 
 if __name__ == "__main__":
