@@ -86,3 +86,36 @@ def test_keep_float_leaves_the_named_modules_out_of_int8(tmp_path) -> None:
     assert _linears(program.graph_module) == 3 and len(quantized) == 1  # only the fused q/k/v is int8
     with pytest.raises(MethodError, match="matches no module"):
         slimkit.apply(m, Pt2eExport(keep_float=("missing*",)), Targets(), ctx)
+
+
+class _IntPositions(nn.Module):
+    """RoBERTa's position ids: integer arithmetic on the mask that x86 annotations match."""
+
+    def __init__(self, d: int = 16) -> None:
+        super().__init__()
+        self.tok = nn.Embedding(20, d)
+        self.pos = nn.Embedding(40, d)
+        self.lin = nn.Linear(d, d)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        mask = attention_mask.int()
+        positions = (torch.cumsum(mask, dim=1) + 1) * mask + 1  # [B, T] int32
+        return self.lin(self.tok(input_ids) + self.pos(positions.long()))
+
+
+def test_static_pt2e_leaves_integer_tensors_unobserved() -> None:
+    pytest.importorskip("torchao")
+    from slimkit.export.pt2e import quantize_pt2e
+
+    torch.manual_seed(0)
+    model = _IntPositions().eval()
+    batches = [{"input_ids": torch.randint(0, 20, (2, 7)), "attention_mask": torch.ones(2, 7, dtype=torch.long)}
+               for _ in range(3)]
+    program = quantize_pt2e(model, batches[0], batches, static=True)
+    ops = [str(n.target) for n in program.graph.nodes if n.op == "call_function"]
+    assert any("quantize_per_tensor" in op for op in ops)  # the float Linear is still quantized
+    with torch.no_grad():
+        got = program.module()(**batches[1])
+        want = model(**batches[1])
+    cos = nn.functional.cosine_similarity(got.flatten(1), want.flatten(1)).mean()
+    assert cos > 0.99
