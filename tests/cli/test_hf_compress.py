@@ -21,13 +21,12 @@ from slimkit.quantize.int8_modules import Int8Linear
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 transformers = pytest.importorskip("transformers")
 
-# use_cache=False: the structured-pruning tracer (prune/) does not yet trace a model that
-# returns a KV cache object; export itself drops the cache either way (tests/export).
+# the configs keep their default use_cache=True, as a user's saved folder does: the pruning
+# tracer and the exporters both run the model without a KV cache
 _QWEN2 = dict(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-              intermediate_size=48, max_position_embeddings=64, use_cache=False)
+              intermediate_size=48, max_position_embeddings=64)
 _BART = dict(vocab_size=64, d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
-             decoder_attention_heads=4, encoder_ffn_dim=48, decoder_ffn_dim=48, max_position_embeddings=64,
-             use_cache=False)
+             decoder_attention_heads=4, encoder_ffn_dim=48, decoder_ffn_dim=48, max_position_embeddings=64)
 
 RECIPE = """
 name: hf-end-to-end
@@ -119,3 +118,20 @@ def test_hf_folder_with_a_saved_tokenizer_uses_it(tmp_path: Path) -> None:
     batch = zm.example_inputs(2, 128)
     assert batch["input_ids"].shape == (2, 24)  # capped at the position table
     assert (batch["input_ids"][:, 0] == 2).all() and (batch["input_ids"][:, -1] == 3).all()  # [CLS] ... [SEP]
+
+
+def test_timing_an_encoder_export_pairs_it_with_the_encoder_of_the_baseline(tmp_path: Path) -> None:
+    from slimkit.cli.serving import baseline_for
+    from slimkit.core.record import Manifest, Record
+
+    zm = zoo.load(f"hf:{_folder(tmp_path, 'bart')}")
+    batch = zm.example_inputs(1, 16)
+    encoder_only = Manifest(records=[Record(kind="export.onnx", data={"file": "model.onnx", "part": "encoder"})])
+    base = baseline_for(zm.model, encoder_only, "model.onnx", batch)
+    with torch.no_grad():
+        got = base(**batch)
+        want = zm.model.get_encoder()(**batch).last_hidden_state
+    assert torch.equal(got, want)  # the encoder, not the whole encoder-decoder
+    whole = Manifest(records=[Record(kind="export.onnx", data={"file": "model.onnx"})])
+    assert baseline_for(zm.model, whole, "model.onnx", batch) is zm.model
+    assert baseline_for(zm.model, encoder_only, None, batch) is zm.model  # eager: the restored model itself

@@ -20,7 +20,7 @@ from ..core.cpu import int8_isa
 from ..core.errors import ArtifactError, ConfigError, MethodError, ModelSpecError
 from ..core.safety import require_trust, seal
 from .report import render_markdown
-from .serving import load_runtime, shipped
+from .serving import baseline_for, load_runtime, shipped
 
 
 def context_for(zm: "zoo.ZooModel", task: "zoo.Task | None", *, calib_batches: int = 8, batch_size: int = 32,
@@ -109,7 +109,8 @@ def compress(spec: str, recipe_source: str, out: Path, *, task_name: str | None 
         rt, name = shipped(tmp, read_manifest(tmp), runtime)
         # this run wrote the file itself, so loading a .pt2 here trusts no one else's code
         served = model if name is None else load_runtime(tmp, read_manifest(tmp), rt, name, trust_code=True)
-        cmp = _compare(zm.model, served, zm.example_inputs(1), rt, name, rounds=bench_rounds)
+        base = baseline_for(zm.model, read_manifest(tmp), name, zm.example_inputs(1))
+        cmp = _compare(base, served, zm.example_inputs(1), rt, name, rounds=bench_rounds)
         report = {
             "model": spec, "recipe": recipe.to_dict(), "task": task_name,
             "before": before, "after": after, "steps": steps,
@@ -203,6 +204,7 @@ def bench(path: Path, *, against: str | None = None, batch_size: int = 1, seq_le
     served = model if name is None else load_runtime(path, manifest, rt, name, threads=threads, trust_code=trust_code)
     base = zoo.load(against) if against else zm
     inputs = zm.example_inputs(batch_size, seq_len) if zm.family == "text" else zm.example_inputs(batch_size)
-    cmp = _compare(base.model, served, inputs, rt, name, rounds=rounds, threads=threads)
+    cmp = _compare(baseline_for(base.model, manifest, name, inputs), served, inputs, rt, name, rounds=rounds,
+                   threads=threads)
     return {"model": str(path), "runtime": rt, "file": name, "baseline": base.spec, "baseline_runtime": "eager",
             "batch_size": batch_size, "seq_len": seq_len if zm.family == "text" else None, **cmp.to_dict()}

@@ -90,3 +90,20 @@ def load_runtime(path: Path, manifest: Manifest, runtime: str, name: str, *, thr
         raise
     except Exception as exc:  # onnxruntime raises its own types on a file it cannot read
         raise ArtifactError(f"{file} cannot be loaded by ONNX Runtime: {exc}") from exc
+
+
+def baseline_for(base: nn.Module, manifest: Manifest, name: str | None, inputs: object) -> nn.Module:
+    """The eager baseline to pair with the served file: the same part of the model it exports.
+
+    An encoder-decoder's export holds only its encoder (``export.onnx`` / ``export.pt2e``
+    ``part``); timing the whole dense model against it would credit the file with the
+    decoder it does not run. Other exports hold the whole model and the baseline is unchanged.
+    """
+    if name is None:
+        return base
+    for rec in manifest.records:
+        if rec.kind in _EXPORT_KIND.values() and rec.data.get("file") == name and rec.data.get("part"):
+            from ..export.view import export_view
+
+            return export_view(base, inputs, part="encoder")[0]  # type: ignore[arg-type]
+    return base
