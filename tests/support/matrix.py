@@ -40,6 +40,7 @@ from torch import nn
 
 import slimkit
 from slimkit.core.context import Batch, call_model
+from slimkit.core.context import first_tensor as context_first_tensor
 from slimkit.core.errors import SlimkitError
 
 from .models import MODELS, Spec
@@ -82,15 +83,11 @@ class CellTimeout(Exception):
 
 # -- helpers ---------------------------------------------------------------------------------
 def first_tensor(out: Any) -> torch.Tensor:
-    """The first tensor of a model output (a tensor, a tuple / list, a dict or an HF ModelOutput)."""
-    if isinstance(out, torch.Tensor):
-        return out
-    if isinstance(out, dict) or hasattr(out, "values"):
-        out = list(out.values())
-    for v in out:
-        if isinstance(v, torch.Tensor):
-            return v
-    raise CellFailure(f"the model output {type(out).__name__} holds no tensor")
+    """The first tensor of a model output (:func:`slimkit.core.context.first_tensor`); none is a failure."""
+    t = context_first_tensor(out)
+    if t is None:
+        raise CellFailure(f"the model output {type(out).__name__} holds no tensor")
+    return t
 
 
 def forward(model: nn.Module, batch: Batch) -> torch.Tensor:

@@ -106,6 +106,19 @@ def select_output(out: Any, output: str = "auto") -> torch.Tensor:
     raise MethodError(f"cannot find a tensor in a model output of type {type(out).__name__}")
 
 
+def first_tensor(out: Any) -> torch.Tensor | None:
+    """The first tensor of a model output (a tensor, a dict or HF ``ModelOutput``, a tuple or
+    list), or None when it holds none. Unlike :func:`select_output` it prefers no field: hooks
+    and default losses take whatever comes first."""
+    if isinstance(out, torch.Tensor):
+        return out
+    if isinstance(out, dict) or hasattr(out, "values"):
+        out = list(out.values())
+    if isinstance(out, (tuple, list)):
+        return next((v for v in out if isinstance(v, torch.Tensor)), None)
+    return None
+
+
 def to_device(obj: Any, device: torch.device) -> Any:
     """Move a tensor / tuple / list / dict (or an object with ``.to``) to ``device``."""
     if isinstance(obj, torch.Tensor) or hasattr(obj, "to"):

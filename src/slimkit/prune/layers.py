@@ -30,7 +30,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
 from torch import nn
 
 from ..core import (
@@ -43,7 +42,7 @@ from ..core import (
     register_method,
     register_replay,
 )
-from ..core.context import forward_batches
+from ..core.context import first_tensor, forward_batches
 from ..core.record import index_list
 
 _DEPTH_KEYS = ("num_hidden_layers", "n_layer", "num_layers")
@@ -176,24 +175,14 @@ def drop_blocks(model: nn.Module, path: str, kept: list[int]) -> None:
         _update_config(cfg, path, n_old, kept)
 
 
-def _first_tensor(value: Any) -> torch.Tensor | None:
-    if isinstance(value, torch.Tensor):
-        return value
-    if isinstance(value, dict) or hasattr(value, "values"):
-        value = list(value.values())
-    if isinstance(value, (tuple, list)):
-        return next((v for v in value if isinstance(v, torch.Tensor)), None)
-    return None
-
-
 def block_shapes(model: nn.Module, path: str, batch: Any) -> dict[int, tuple[tuple[int, ...], tuple[int, ...]]]:
     """``{block index: (input shape, output shape)}`` of the hidden state through each block on ``batch``."""
     seen: dict[int, tuple[tuple[int, ...], tuple[int, ...]]] = {}
     hooks = []
     for i, block in enumerate(_block_list(model, path)):
         def hook(_m: nn.Module, args: tuple, kwargs: dict, out: Any, i: int = i) -> None:
-            x, y = _first_tensor(args), _first_tensor(out)
-            x = x if x is not None else _first_tensor(kwargs)
+            x, y = first_tensor(args), first_tensor(out)
+            x = x if x is not None else first_tensor(kwargs)
             if x is not None and y is not None and i not in seen:
                 seen[i] = (tuple(x.shape), tuple(y.shape))
         hooks.append(block.register_forward_hook(hook, with_kwargs=True))

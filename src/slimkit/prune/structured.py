@@ -45,7 +45,7 @@ from ..core import (
     register_method,
     register_replay,
 )
-from ..core.context import call_model
+from ..core.context import call_model, first_tensor
 from ..core.record import index_list
 from . import allocation, importance, recurrent
 from .graph import DependencyGraph, Group, analyze
@@ -111,15 +111,11 @@ def example_batch(ctx: Context, method: str) -> Any:
     raise MethodError(f"{method} traces the model: set Context.example_inputs (or calib_data)")
 
 
-def _first_tensor(out: Any) -> torch.Tensor:
-    if isinstance(out, torch.Tensor):
-        return out
-    if isinstance(out, dict) or hasattr(out, "values"):
-        out = list(out.values())
-    for v in out:
-        if isinstance(v, torch.Tensor):
-            return v
-    raise MethodError("the model output holds no tensor to build a default loss from")
+def _loss_tensor(out: Any) -> torch.Tensor:
+    t = first_tensor(out)
+    if t is None:
+        raise MethodError("the model output holds no tensor to build a default loss from")
+    return t
 
 
 def backward_passes(model: nn.Module, ctx: Context, batches: int, method: str,
@@ -137,7 +133,7 @@ def backward_passes(model: nn.Module, ctx: Context, batches: int, method: str,
     else:
         data = ctx.calib_data if ctx.calib_data is not None else (
             [ctx.example_inputs] if ctx.example_inputs is not None else None)
-        loss_of = lambda m, b: _first_tensor(call_model(m, b)).float().pow(2).sum()  # noqa: E731
+        loss_of = lambda m, b: _loss_tensor(call_model(m, b)).float().pow(2).sum()  # noqa: E731
     if data is None:
         raise MethodError(f"{method} with gradient importance needs Context.train_data + loss_fn "
                           "or Context.calib_data")
