@@ -6,6 +6,7 @@ same recipe can run against different data or devices.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -62,6 +63,14 @@ def batch_args(batch: Batch) -> tuple[tuple[Any, ...], dict[str, Any]]:
     if isinstance(batch, (tuple, list)):
         return tuple(batch), {}
     return (batch,), {}
+
+
+def forward_params(model: nn.Module) -> dict[str, inspect.Parameter]:
+    """The named parameters of ``model.forward`` (through HF's decorators), or {} if unknown."""
+    try:
+        return dict(inspect.signature(model.forward).parameters)
+    except (TypeError, ValueError):
+        return {}
 
 
 def call_model(model: nn.Module, batch: Batch) -> Any:

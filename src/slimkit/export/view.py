@@ -22,18 +22,10 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from ..core.context import Batch, batch_args, select_output
+from ..core.context import Batch, batch_args, forward_params, select_output
 from ..core.errors import MethodError
 
 Part = Literal["auto", "model", "encoder"]
-
-
-def forward_params(model: nn.Module) -> dict[str, inspect.Parameter]:
-    """The named parameters of ``model.forward`` (through HF's decorators), or {} if unknown."""
-    try:
-        return dict(inspect.signature(model.forward).parameters)
-    except (TypeError, ValueError):
-        return {}
 
 
 def is_encoder_decoder(model: nn.Module) -> bool:

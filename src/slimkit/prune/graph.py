@@ -25,7 +25,6 @@ ids selected or indexed by constants, and every id entering an op the analysis d
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import warnings
 
 import numpy as np
@@ -33,7 +32,7 @@ import torch
 from torch import nn
 
 from ..core import ModelSpecError
-from ..core.context import Batch
+from ..core.context import Batch, batch_args, forward_params
 from .propagate import Axis, _Labels, _Propagator, _split
 
 
@@ -95,25 +94,10 @@ class DependencyGraph:
         return out
 
 
-def _call_args(batch: Batch) -> tuple[tuple, dict]:
-    if isinstance(batch, dict):
-        return (), dict(batch)
-    if isinstance(batch, (tuple, list)):
-        return tuple(batch), {}
-    return (batch,), {}
-
-
-def _forward_params(model: nn.Module) -> set[str]:
-    try:
-        return set(inspect.signature(model.forward).parameters)
-    except (TypeError, ValueError):
-        return set()
-
-
 def trace(model: nn.Module, example_inputs: Batch) -> torch.export.ExportedProgram:
     """``torch.export`` the model in eval mode; a failure is a :class:`ModelSpecError` saying why."""
-    args, kwargs = _call_args(example_inputs)
-    if "use_cache" in _forward_params(model) and "use_cache" not in kwargs:
+    args, kwargs = batch_args(example_inputs)
+    if "use_cache" in forward_params(model) and "use_cache" not in kwargs:
         # HF decoders return a KV-cache object torch.export cannot output; the graph the
         # analysis needs is the same without it
         kwargs = {**kwargs, "use_cache": False}
