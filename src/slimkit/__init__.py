@@ -9,9 +9,8 @@
     slimkit.save(small, "out/")            # safetensors + manifest.json
     again = slimkit.restore("out/")        # rebuilds, replays, loads strictly
 """
-__version__ = "0.1.0"
-
-from .core import (  # noqa: E402
+from ._version import __version__
+from .core import (
     ArtifactError,
     ConfigError,
     Context,
@@ -34,12 +33,28 @@ from .core import (  # noqa: E402
     restore,
     save,
 )
+from .core import plugins as _plugins
 
 __all__ = [
     "__version__", "apply", "save", "restore", "records", "kinds", "Targets", "Context", "Recipe",
     "Record", "Manifest", "MethodConfig", "method_config", "register_method", "register_replay",
     "SlimkitError", "ConfigError", "OrderError", "ModelSpecError", "DataError", "ArtifactError", "MethodError",
 ]
+
+
+
+def _load_catalog() -> None:
+    from . import catalog  # noqa: F401  (imports every module that registers a method)
+
+
+def _build_spec(spec: str) -> object:
+    from .zoo import build
+
+    return build(spec)
+
+
+_plugins.set_catalog_loader(_load_catalog)
+_plugins.set_spec_builder(_build_spec)  # type: ignore[arg-type]
 
 _SUBPACKAGES = {"zoo", "measure", "prune", "quantize", "export", "cli", "core"}
 

@@ -12,8 +12,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from .pipeline import compress
-from .report import render_markdown
+from ..app.pipeline import compress
+from ..app.report import render_markdown
 
 DEMOS = [
     # (model spec, preset recipe, task, needs)

@@ -68,7 +68,7 @@ def _parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("compress", help="run a recipe and write the compressed model with a report")
     s.add_argument("--model", required=True)
-    s.add_argument("--recipe", required=True, help="a YAML file or a preset name (see list-methods --presets)")
+    s.add_argument("--recipe", required=True, help="a YAML file or a preset name (see `slimkit list-methods`)")
     s.add_argument("--out", required=True, type=Path)
     s.add_argument("--task")
     s.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
@@ -161,8 +161,8 @@ def _profile(args: argparse.Namespace) -> int:
 
 
 def _compress(args: argparse.Namespace) -> int:
-    from .pipeline import compress
-    from .report import render_markdown
+    from ..app.pipeline import compress
+    from ..app.report import render_markdown
 
     report = compress(args.model, args.recipe, args.out, task_name=args.task, overwrite=args.overwrite,
                       quiet=args.json, seed=args.seed, runtime=args.runtime)
@@ -171,7 +171,7 @@ def _compress(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from .pipeline import evaluate
+    from ..app.pipeline import evaluate
 
     doc = evaluate(args.dir, args.task, trust_code=args.trust_code)
     _emit(doc, args.json, "\n".join(f"{k}: {v}" for k, v in doc["metrics"].items()))
@@ -179,7 +179,7 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from .pipeline import bench
+    from ..app.pipeline import bench
 
     doc = bench(args.dir, against=args.against, batch_size=args.batch_size, seq_len=args.seq_len,
                 rounds=args.rounds, threads=args.threads, runtime=args.runtime, trust_code=args.trust_code)
@@ -192,7 +192,7 @@ def _bench(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from ..export.cli import export_artifact
+    from ..app.export import export_artifact
 
     doc = export_artifact(args.dir, out=args.out, int8=args.int8, exclude=tuple(args.exclude), task_name=args.task,
                           fmt=args.format, trust_code=args.trust_code)

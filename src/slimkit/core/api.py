@@ -17,6 +17,7 @@ from .config import MethodConfig
 from .context import Context
 from .encoding import decode_state, encode_state, layout_json
 from .errors import ArtifactError, ModelSpecError, SlimkitError
+from .plugins import build_spec
 from .record import Manifest, Record, manifest_of
 from .registry import entry_for, entry_for_kind
 from .safety import file_hashes, require_trust, verify_files
@@ -56,6 +57,7 @@ def apply(
     if not isinstance(record, Record):
         raise TypeError(f"handler for {config.kind} returned {type(record).__name__}, not a Record")
     record.kind = config.kind
+    record.config_version = type(config).version
     record.config = config.to_dict()
     record.targets = targets.to_dict()
     manifest_of(model).records.append(record)
@@ -164,10 +166,8 @@ def build_dense(path: Path, manifest: Manifest, *, trust_code: bool = False) -> 
     if not manifest.model_spec:
         raise ArtifactError(f"{where} names no model_spec; pass model= to restore()")
     require_trust(manifest.model_spec, trust_code, where)
-    from ..zoo import build
-
     try:
-        return build(manifest.model_spec)
+        return build_spec(manifest.model_spec)
     except ModelSpecError as exc:
         raise ArtifactError(f"{where}: model_spec cannot be built: {exc}") from exc
 
@@ -181,6 +181,10 @@ def replay_record(model: nn.Module, record: Record, where: str) -> None:
     """
     try:
         entry = entry_for_kind(record.kind)
+        known = entry.config_cls.version
+        if record.config_version > known:
+            raise ArtifactError(f"{where} was written with {record.kind} config version {record.config_version}; "
+                                f"this slimkit knows up to version {known}: upgrade slimkit to restore it")
         if entry.replay is not None:
             entry.replay(model, record)
     except ArtifactError:

@@ -25,13 +25,19 @@ class MethodConfig:
     """Base class of every method config.
 
     Subclasses are declared with :func:`method_config` and set the class variables
-    ``kind`` (stable string such as ``"prune.magnitude"``) and ``stage`` (one of
-    :data:`STAGES`). They validate their values in ``validate`` (called from
+    ``kind`` (stable string such as ``"prune.magnitude"``: family, a dot, then the method
+    in lower case with ``_`` between words), ``stage`` (one of :data:`STAGES`) and
+    ``version``. Class names follow ``<Method><Family>`` (``ChannelPrune``, ``StaticQuant``,
+    ``LogitsDistill``, ``OnnxExport``, ``ReconstructTrain``). They validate their values in ``validate`` (called from
     ``__post_init__``) with :meth:`_require`.
     """
 
     kind: ClassVar[str] = ""
     stage: ClassVar[str] = "sparsify"
+    # Bumped when a change to the options (a renamed field, a new default that changes
+    # results) would make an older record mean something else. Stored in every Record as
+    # ``config_version``; ``restore`` refuses a record newer than the code that replays it.
+    version: ClassVar[int] = 1
 
     def __post_init__(self) -> None:
         # Type-check every field, then run the subclass's range checks.

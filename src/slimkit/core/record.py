@@ -37,6 +37,8 @@ class Record:
     targets: dict[str, Any] = dataclasses.field(default_factory=dict)
     data: dict[str, Any] = dataclasses.field(default_factory=dict)
     summary: dict[str, Any] = dataclasses.field(default_factory=dict)
+    # the config class's ``version`` when the record was written (1 for records that predate it)
+    config_version: int = 1
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -51,7 +53,10 @@ class Record:
         for k, v in parts.items():
             if not isinstance(v, dict):
                 raise TypeError(f"record {d['kind']!r}: {k!r} must be an object, got {type(v).__name__}")
-        return cls(kind=d["kind"], **{k: dict(v) for k, v in parts.items()})
+        version = d.get("config_version", 1)
+        if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+            raise TypeError(f"record {d['kind']!r}: 'config_version' must be a positive int, got {version!r}")
+        return cls(kind=d["kind"], config_version=version, **{k: dict(v) for k, v in parts.items()})
 
 
 @dataclasses.dataclass
@@ -68,7 +73,7 @@ class Manifest:
     def to_dict(self) -> dict[str, Any]:
         import torch
 
-        from .. import __version__
+        from .._version import __version__
 
         return {
             "format_version": FORMAT_VERSION,

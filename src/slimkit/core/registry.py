@@ -8,7 +8,9 @@ Handlers register themselves with a decorator beside their definition::
     @register_replay(ChannelPrune)
     def replay_channels(model, record) -> None: ...   # rebuild structure, no data needed
 
-There is no import-walking: ``slimkit.methods`` imports the modules that register.
+There is no import-walking: ``slimkit.catalog`` imports the modules that register, and
+the top-level package installs it as the loader (:mod:`.plugins`), so core itself never
+imports a method family.
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ from torch import nn
 from .config import MethodConfig
 from .context import Context
 from .errors import ConfigError
+from .plugins import load_catalog
 from .record import Record
 from .targets import Targets
 
@@ -38,6 +41,10 @@ class Entry:
     replay: Replay | None = None
     doc: str = ""
 
+
+# Kinds renamed when kind names were made consistent (one ``_`` between words); records
+# and recipes written before still resolve.
+KIND_ALIASES: dict[str, str] = {"prune.grow-prune": "prune.regrow", "quantize.fold-bn": "quantize.fold_bn"}
 
 _BY_CLASS: dict[type, Entry] = {}
 _BY_KIND: dict[str, type[MethodConfig]] = {}
@@ -75,7 +82,7 @@ def register_replay(config_cls: type[MethodConfig]) -> Callable[[Replay], Replay
 
 
 def _ensure_loaded() -> None:
-    from .. import methods  # noqa: F401  (imports every module that registers)
+    load_catalog()
 
 
 def entry_for(config: MethodConfig) -> Entry:
@@ -89,7 +96,7 @@ def entry_for(config: MethodConfig) -> Entry:
 def config_class(kind: str) -> type[MethodConfig]:
     """The config class registered under ``kind``; a clear error lists the known kinds."""
     _ensure_loaded()
-    cls = _BY_KIND.get(kind)
+    cls = _BY_KIND.get(KIND_ALIASES.get(kind, kind))
     if cls is None:
         raise ConfigError(f"unknown kind {kind!r}; known kinds: {', '.join(sorted(_BY_KIND))}", key="kind")
     return cls

@@ -300,7 +300,7 @@ def write_pt2e(model: nn.Module, example_inputs: Batch, dest: str | os.PathLike[
     ``float_modules`` are module names in ``model``.
     """
     from ..quantize.int8_recurrent import refuse_unexportable
-    from .artifact import deviation
+    from .onnx import deviation
 
     refuse_unexportable(model, "pt2e")  # LSTM/GRU: a clear refusal, not torch.export's UserError
     dest = Path(dest)
@@ -355,7 +355,7 @@ class Pt2eExport(MethodConfig):
 
 @register_method(Pt2eExport)
 def pt2e_export(model: nn.Module, config: Pt2eExport, targets: Targets, ctx: Context) -> Record:
-    from .artifact import export_dir
+    from .onnx import export_dir
 
     out_dir = export_dir(ctx, config.kind, config.file)
     batch = ctx.need("example_inputs", config.kind)

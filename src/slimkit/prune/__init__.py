@@ -1,4 +1,12 @@
-"""Pruning: unstructured magnitude pruning now; structured surgery, N:M, second-order and schedules next."""
+"""Pruning: what to remove and how to remove it for real.
+
+* importance criteria (:mod:`.importance`) and allocation (:mod:`.allocation`) are pure scores and counts;
+* structured pruning (:mod:`.structured`, :mod:`.layers`, :mod:`.merge`) finds coupled groups in the graph
+  (:mod:`.graph`, :mod:`.propagate`) and shrinks the layers physically (:mod:`.surgery`);
+* unstructured, N:M, block and second-order pruning (:mod:`.magnitude`, :mod:`.unstructured`) and the
+  training-time schedules (:mod:`.gradual`, :mod:`.schedules`, :mod:`.hooks`, :mod:`.regularizers`)
+  make weights sparse, stored compressed.
+"""
 from .magnitude import MagnitudePrune, prunable_params
 
 __all__ = ["MagnitudePrune", "prunable_params"]
@@ -17,25 +25,25 @@ __all__ += [
 from .hooks import SparsityHook, fine_tune  # noqa: E402
 from .regularizers import Regularizer, ReweightedL1Prox  # noqa: E402
 from .schedules import DSD, Cubic, GrowPrune, NarangRamp, OneShot, Schedule  # noqa: E402
-from .gradual import DSDTrain, GradualPrune, GrowPrunePrune, MovementPrune  # noqa: E402
+from .gradual import DsdPrune, GradualPrune, RegrowPrune, MovementPrune  # noqa: E402
 from .unstructured import BlockPrune, NMPrune, ObdPrune, SparseGPTPrune, WandaPrune  # noqa: E402
 
 __all__ += [
     "SparsityHook", "fine_tune", "Regularizer", "ReweightedL1Prox", "Schedule", "OneShot", "Cubic", "NarangRamp",
-    "DSD", "GrowPrune", "BlockPrune", "DSDTrain", "GradualPrune", "GrowPrunePrune", "MovementPrune", "NMPrune",
+    "DSD", "GrowPrune", "BlockPrune", "DsdPrune", "GradualPrune", "RegrowPrune", "MovementPrune", "NMPrune",
     "ObdPrune", "SparseGPTPrune", "WandaPrune",
 ]
 
-from .layers import LayerDrop  # noqa: E402
-from .merge import NeuronMerge, merge_plan  # noqa: E402
+from .layers import LayerPrune  # noqa: E402
+from .merge import MergePrune, merge_plan  # noqa: E402
 
-__all__ += ["LayerDrop", "NeuronMerge", "merge_plan"]
+__all__ += ["LayerPrune", "MergePrune", "merge_plan"]
 from .structured import ChannelPrune, HeadPrune  # noqa: E402  (structured pruning with surgery)
 
 __all__ += ["ChannelPrune", "HeadPrune"]
-from .recovery import BatchNormRecalibrate  # noqa: E402
+from .recovery import BnRecalibrateTrain  # noqa: E402
 
-__all__ += ["BatchNormRecalibrate"]
-from .reconstruct import Reconstruct, ridge_refit  # noqa: E402
+__all__ += ["BnRecalibrateTrain"]
+from .reconstruct import ReconstructTrain, ridge_refit  # noqa: E402
 
-__all__ += ["Reconstruct", "ridge_refit"]
+__all__ += ["ReconstructTrain", "ridge_refit"]

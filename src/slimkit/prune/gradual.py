@@ -2,7 +2,7 @@
 
 ``prune.gradual`` (AGP: magnitude with the Zhu & Gupta cubic schedule),
 ``prune.movement`` (Sanh et al.: the same schedule on movement scores),
-``prune.grow-prune`` (RigL at constant sparsity) and ``prune.dsd`` (dense-sparse-dense,
+``prune.regrow`` (RigL at constant sparsity) and ``prune.dsd`` (dense-sparse-dense,
 which ends dense). Each is a :class:`~slimkit.prune.hooks.SparsityHook` with a schedule
 from :mod:`.schedules` driven by :func:`~slimkit.prune.hooks.fine_tune`; a distillation
 loop can drive the same hook instead.
@@ -77,10 +77,10 @@ register_method(MovementPrune)(_gradual)
 
 
 @method_config
-class GrowPrunePrune(MethodConfig):
+class RegrowPrune(MethodConfig):
     """Grow-and-prune at constant sparsity (RigL): magnitude mask, then periodic drop-small / regrow-by-gradient."""
 
-    kind = "prune.grow-prune"
+    kind = "prune.regrow"
     stage = "sparsify"
 
     sparsity: float = 0.9
@@ -97,8 +97,8 @@ class GrowPrunePrune(MethodConfig):
         self._require(0.0 < self.end <= 1.0, "end", "a float in (0, 1]", self.end)
 
 
-@register_method(GrowPrunePrune)
-def grow_prune(model: nn.Module, config: GrowPrunePrune, targets: Targets, ctx: Context) -> Record:
+@register_method(RegrowPrune)
+def grow_prune(model: nn.Module, config: RegrowPrune, targets: Targets, ctx: Context) -> Record:
     sched = GrowPrune(sparsity=config.sparsity, every=config.every, end=int(config.end * config.steps),
                       alpha=config.alpha)
     hook = SparsityHook(model, sched, targets=targets)
@@ -108,7 +108,7 @@ def grow_prune(model: nn.Module, config: GrowPrunePrune, targets: Targets, ctx: 
 
 
 @method_config
-class DSDTrain(MethodConfig):
+class DsdPrune(MethodConfig):
     """Dense-sparse-dense training (Han et al. 2017): dense, then masked at ``sparsity``, then dense again at lr/10.
 
     The result is dense: DSD is a regulariser for accuracy, not a compression step.
@@ -130,8 +130,8 @@ class DSDTrain(MethodConfig):
                       "non-negative phase lengths with sparse_steps > 0", self.sparse_steps)
 
 
-@register_method(DSDTrain)
-def dsd_train(model: nn.Module, config: DSDTrain, targets: Targets, ctx: Context) -> Record:
+@register_method(DsdPrune)
+def dsd_train(model: nn.Module, config: DsdPrune, targets: Targets, ctx: Context) -> Record:
     first = config.dense_steps + config.sparse_steps
     sched = DSD(sparsity=config.sparsity, sparse_at=config.dense_steps, dense_at=first)
     hook = SparsityHook(model, sched, targets=targets)
@@ -143,4 +143,4 @@ def dsd_train(model: nn.Module, config: DSDTrain, targets: Targets, ctx: Context
                             final_loss=_tail_mean(losses))
 
 
-__all__ = ["DSDTrain", "GradualPrune", "GrowPrunePrune", "MovementPrune"]
+__all__ = ["DsdPrune", "GradualPrune", "RegrowPrune", "MovementPrune"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .artifact import Int8Mode, write_onnx
+from ..export.onnx import Int8Mode, write_onnx
 
 
 def export_artifact(path: Path, *, out: Path | None = None, int8: Int8Mode | None = None, exclude: tuple[str, ...] = (),
@@ -24,7 +24,7 @@ def export_artifact(path: Path, *, out: Path | None = None, int8: Int8Mode | Non
     ``path`` is added to the manifest's file hashes, so later loads can check it.
     """
     from .. import zoo
-    from ..cli.pipeline import load_artifact
+    from .pipeline import load_artifact
     from ..core.errors import ConfigError, MethodError
     from ..core.safety import seal
 
@@ -50,7 +50,7 @@ def export_artifact(path: Path, *, out: Path | None = None, int8: Int8Mode | Non
     suffix = ".pt2" if fmt == "pt2e" else ".onnx"
     dest = Path(out) if out is not None else Path(path) / f"model{suffix}"
     if fmt == "pt2e":
-        from .pt2e import write_pt2e
+        from ..export.pt2e import write_pt2e
 
         if calib:  # an image program serves one shape: that of the batches it will see
             inputs = calib[0]

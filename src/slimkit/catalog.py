@@ -1,6 +1,8 @@
 """Imports every module that registers a method, so the registry is complete.
 
 Add a line here when a new method module is written; there is no import-walking magic.
+The top-level package installs this module as the registry's catalog loader
+(:mod:`slimkit.core.plugins`), so core never imports a method family.
 """
 from .prune import magnitude  # noqa: F401
 from .prune import layers  # noqa: F401
@@ -20,6 +22,6 @@ from .quantize import embedding  # noqa: F401
 from .prune import recovery  # noqa: F401
 from .prune import reconstruct  # noqa: F401
 from .share import vocab  # noqa: F401
-from .export import artifact  # noqa: F401
+from .export import onnx  # noqa: F401
 from .export import pt2e  # noqa: F401
 from .distill import methods as _distill_methods  # noqa: F401
