@@ -33,9 +33,4 @@ __all__ += ["LayerDrop", "NeuronMerge", "merge_plan"]
 from .structured import ChannelPrune, HeadPrune  # noqa: E402  (structured pruning with surgery)
 
 __all__ += ["ChannelPrune", "HeadPrune"]
-from .recovery import BatchNormRecalibrate  # noqa: E402
-
-__all__ += ["BatchNormRecalibrate"]
-from .reconstruct import Reconstruct, ridge_refit  # noqa: E402
-
-__all__ += ["Reconstruct", "ridge_refit"]
+# train.bn_recalibrate and train.reconstruct live in slimkit.train (BatchNormRecalibrate, Reconstruct)
