@@ -19,9 +19,8 @@ import yaml
 from torch import nn
 
 import slimkit
-import slimkit.train.engine as engine
 from slimkit.core import ConfigError, Context, Recipe, config_class
-from slimkit.train import TrainOptions
+from slimkit.train import TrainOptions, engine
 
 pytestmark = pytest.mark.usefixtures("one_thread_module")
 
