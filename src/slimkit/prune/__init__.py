@@ -14,14 +14,14 @@ __all__ += [
     "get_criterion", "head_importance", "lp_scores", "random_scores", "taylor_scores",
 ]
 
-from .hooks import SparsityHook, fine_tune  # noqa: E402
+from .hooks import PenaltyHook, ProximalHook, SparsityHook, fine_tune  # noqa: E402
 from .regularizers import Regularizer, ReweightedL1Prox  # noqa: E402
 from .schedules import DSD, Cubic, GrowPrune, NarangRamp, OneShot, Schedule  # noqa: E402
 from .gradual import DSDTrain, GradualPrune, GrowPrunePrune, MovementPrune  # noqa: E402
 from .unstructured import BlockPrune, NMPrune, ObdPrune, SparseGPTPrune, WandaPrune  # noqa: E402
 
 __all__ += [
-    "SparsityHook", "fine_tune", "Regularizer", "ReweightedL1Prox", "Schedule", "OneShot", "Cubic", "NarangRamp",
+    "PenaltyHook", "ProximalHook", "SparsityHook", "fine_tune", "Regularizer", "ReweightedL1Prox", "Schedule", "OneShot", "Cubic", "NarangRamp",
     "DSD", "GrowPrune", "BlockPrune", "DSDTrain", "GradualPrune", "GrowPrunePrune", "MovementPrune", "NMPrune",
     "ObdPrune", "SparseGPTPrune", "WandaPrune",
 ]

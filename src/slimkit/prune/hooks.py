@@ -235,6 +235,8 @@ def fine_tune(
 
     loss_fn = ctx.need("loss_fn", what)
     data = ctx.need("train_data", what)
+    if steps == 0:
+        return []
     options = TrainOptions(steps=steps, lr=lr, weight_decay=weight_decay, optimizer="adam", schedule="constant",
                            seed=ctx.seed)
     result = train(model, task_loss(loss_fn), data, options, hooks=() if hook is None else (hook,),
