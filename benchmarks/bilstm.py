@@ -32,9 +32,9 @@ import torch
 
 import slimkit
 from slimkit import measure, zoo
-from slimkit.cli.pipeline import context_for
+from slimkit.app.pipeline import context_for
 from slimkit.core import Recipe, Targets
-from slimkit.quantize.ptq import DynamicInt8
+from slimkit.quantize.ptq import DynamicQuant
 from slimkit.zoo.data import read_sst2
 
 T0 = time.perf_counter()
@@ -104,8 +104,8 @@ def main() -> None:
     trained = next(m for i, m in sorted(stages.items()) if recipe.steps[i].config.kind == "distill.logits")
     variants = {
         args.recipe + " (restored artifact)": served,
-        "zoo model + quantize.dynamic (Int8RNN LSTM + int8 head)": slimkit.apply(zm.model, DynamicInt8(), int8),
-        "pruned + KD + quantize.dynamic on the LSTM too": slimkit.apply(trained, DynamicInt8(), int8),
+        "zoo model + quantize.dynamic (Int8RNN LSTM + int8 head)": slimkit.apply(zm.model, DynamicQuant(), int8),
+        "pruned + KD + quantize.dynamic on the LSTM too": slimkit.apply(trained, DynamicQuant(), int8),
     }
     fp32_acc = task.evaluate(zm.model, zm)["accuracy"]
     accuracy: dict[str, Any] = {"fp32": fp32_acc, "n": 872, "split": "sst2 test"}

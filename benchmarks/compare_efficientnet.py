@@ -38,9 +38,9 @@ import suite  # noqa: E402
 from suite import Row  # noqa: E402
 
 from slimkit import zoo  # noqa: E402
-from slimkit.cli.pipeline import context_for  # noqa: E402
+from slimkit.app.pipeline import context_for  # noqa: E402
 from slimkit.core import Recipe  # noqa: E402
-from slimkit.export.artifact import write_onnx  # noqa: E402
+from slimkit.export.onnx import write_onnx  # noqa: E402
 from slimkit.export.onnx import OrtModel  # noqa: E402
 from slimkit.export.ort_quant import describe_ops  # noqa: E402
 

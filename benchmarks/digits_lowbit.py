@@ -21,8 +21,8 @@ from torch import nn
 import slimkit
 from slimkit import measure
 from slimkit.core import Context, MethodConfig, Recipe, Targets
-from slimkit.quantize.lowbit_methods import Binary, Ternary
-from slimkit.quantize.qat import QAT
+from slimkit.quantize.lowbit_methods import BinaryQuant, TernaryQuant
+from slimkit.quantize.qat import QatQuant
 from slimkit.zoo.digits import DigitsCNN, digits_split, pretrained_digits_cnn
 
 
@@ -46,15 +46,15 @@ def main() -> None:
     inner = Targets(types=("Conv2d", "Linear"), exclude=("features.0", "classifier.2"))
     s = args.steps
     runs: list[tuple[str, MethodConfig | str, Targets | None]] = [
-        ("QAT 4-bit w / 8-bit PACT act (LSQ)", QAT(bits=4, act_bits=8, steps=s), None),
-        ("QAT 3-bit w / 8-bit PACT act (LSQ)", QAT(bits=3, act_bits=8, steps=s), None),
-        ("QAT 2-bit w / 8-bit PACT act (LSQ)", QAT(bits=2, act_bits=8, steps=s), None),
-        ("QAT 4-bit w / 4-bit PACT act (LSQ)", QAT(bits=4, act_bits=4, steps=s), None),
-        ("ternary TWN", Ternary(mode="twn", steps=s), None),
-        ("ternary TTQ", Ternary(mode="ttq", steps=s), None),
-        ("binary BWN", Binary(mode="bwn", steps=s), None),
-        ("binary BinaryConnect", Binary(mode="binaryconnect", steps=s), None),
-        ("binary XNOR (1-bit weights and inputs, first/last layer float)", Binary(mode="xnor", steps=s), inner),
+        ("QAT 4-bit w / 8-bit PACT act (LSQ)", QatQuant(bits=4, act_bits=8, steps=s), None),
+        ("QAT 3-bit w / 8-bit PACT act (LSQ)", QatQuant(bits=3, act_bits=8, steps=s), None),
+        ("QAT 2-bit w / 8-bit PACT act (LSQ)", QatQuant(bits=2, act_bits=8, steps=s), None),
+        ("QAT 4-bit w / 4-bit PACT act (LSQ)", QatQuant(bits=4, act_bits=4, steps=s), None),
+        ("ternary TWN", TernaryQuant(mode="twn", steps=s), None),
+        ("ternary TTQ", TernaryQuant(mode="ttq", steps=s), None),
+        ("binary BWN", BinaryQuant(mode="bwn", steps=s), None),
+        ("binary BinaryConnect", BinaryQuant(mode="binaryconnect", steps=s), None),
+        ("binary XNOR (1-bit weights and inputs, first/last layer float)", BinaryQuant(mode="xnor", steps=s), inner),
         ("Deep Compression (recipe digits-deep-compression)", "digits-deep-compression", None),
     ]
     with tempfile.TemporaryDirectory() as tmp:

@@ -24,9 +24,9 @@ import torch
 import slimkit
 from slimkit import measure, zoo
 from slimkit.core import Context, Targets
-from slimkit.export.artifact import write_onnx
+from slimkit.export.onnx import write_onnx
 from slimkit.export.onnx import OrtModel
-from slimkit.quantize.ptq import StaticInt8
+from slimkit.quantize.ptq import StaticQuant
 
 
 def main() -> None:
@@ -56,7 +56,7 @@ def main() -> None:
         }
         if args.torch_int8:
             variants["torch int8 static (slimkit quantize.static)"] = slimkit.apply(
-                zm.model, StaticInt8(per_channel=True, calib_batches=10), Targets(types=("Conv2d", "Linear")),
+                zm.model, StaticQuant(per_channel=True, calib_batches=10), Targets(types=("Conv2d", "Linear")),
                 Context(calib_data=calib))
         print("| variant | file MB | top-1 (last 500) | top-1 agreement with fp32 |\n|---|---|---|---|", flush=True)
         sizes = {"ORT fp32": f32["bytes"], "ORT int8 static QDQ per-channel (slimkit)": i8["bytes"]}

@@ -40,7 +40,7 @@ from slimkit import zoo
 from slimkit.core import Targets
 from slimkit.core.cpu import FORCING_ENVS, int8_isa
 from slimkit.quantize.int8_modules import Int8Linear
-from slimkit.quantize.ptq import DynamicInt8
+from slimkit.quantize.ptq import DynamicQuant
 
 PATHS = ("torch_dynamic", "ort_dynamic", "pt2e_dynamic", "pt2e_static")
 LAYER = "layer.0.attention.output.dense"
@@ -90,13 +90,13 @@ def single_layer(zm: zoo.ZooModel) -> dict[str, object]:
 
 
 def build(path: str, zm: zoo.ZooModel, work: Path) -> torch.nn.Module:
-    from slimkit.export.artifact import write_onnx
+    from slimkit.export.onnx import write_onnx
     from slimkit.export.onnx import OrtModel
     from slimkit.export.pt2e import Pt2eModel, write_pt2e
 
     example = zm.example_inputs(2, 16)
     if path == "torch_dynamic":
-        return slimkit.apply(zm.model, DynamicInt8(), Targets(types=("Linear",)))
+        return slimkit.apply(zm.model, DynamicQuant(), Targets(types=("Linear",)))
     if path == "ort_dynamic":
         write_onnx(zm.model, zm.example_inputs(1, 128), work / "q.onnx", int8="dynamic")
         return OrtModel(work / "q.onnx")

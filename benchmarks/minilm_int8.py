@@ -35,7 +35,7 @@ import torch
 import slimkit
 from slimkit import measure, zoo
 from slimkit.core import Targets
-from slimkit.export.artifact import write_onnx
+from slimkit.export.onnx import write_onnx
 from slimkit.export.onnx import OrtModel, check_onnx, export_onnx
 from slimkit.export.ort_quant import (
     layer_sensitivity,
@@ -43,7 +43,7 @@ from slimkit.export.ort_quant import (
     quantize_dynamic_onnx,
 )
 from slimkit.export.pt2e import Pt2eModel, quantize_pt2e
-from slimkit.quantize.ptq import DynamicInt8
+from slimkit.quantize.ptq import DynamicQuant
 
 # The FFN output projections of the last layers: GELU outputs with large outliers (measured).
 EXCLUDE: tuple[str, ...] = ()
@@ -68,7 +68,7 @@ def build_variants(work: Path, zm: zoo.ZooModel, exclude: tuple[str, ...]) -> di
     pt2e = Pt2eModel(quantize_pt2e(zm.model, zm.example_inputs(2, 16), calib, static=True))
     print(f"slimkit int8 (PT2E): quantized in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
     ao = torch.ao.quantization.quantize_dynamic(copy.deepcopy(zm.model), {torch.nn.Linear}, dtype=torch.qint8)
-    ours_torch = slimkit.apply(zm.model, DynamicInt8(per_channel=True), Targets(types=("Linear",)))
+    ours_torch = slimkit.apply(zm.model, DynamicQuant(per_channel=True), Targets(types=("Linear",)))
     return {
         "fp32 PyTorch": zm.model,
         "torch.ao quantize_dynamic": ao,

@@ -27,7 +27,7 @@ from slimkit import Context, measure, zoo
 from slimkit.core import Targets
 from slimkit.distill.engine import distill
 from slimkit.distill.losses import cosine_loss
-from slimkit.prune.layers import LayerDrop
+from slimkit.prune.layers import LayerPrune
 from slimkit.zoo.data import read_sst2, read_stsb
 from slimkit.zoo.text_tasks import bucketed_batches
 
@@ -57,7 +57,7 @@ def main() -> None:
     zm = zoo.load("zoo:minilm-l6")
     task = zoo.get_task("stsb")
     teacher = zm.model.eval()
-    student = slimkit.apply(teacher, LayerDrop(drop=(0, 2, 4)), Targets(), Context())
+    student = slimkit.apply(teacher, LayerPrune(drop=(0, 2, 4)), Targets(), Context())
     print("teacher:", task.evaluate(teacher, zm), flush=True)
     print("student, before:", task.evaluate(student, zm), flush=True)
 

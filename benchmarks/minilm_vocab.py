@@ -13,7 +13,7 @@ import slimkit
 from slimkit import Context, measure, zoo
 from slimkit.core import Targets
 from slimkit.quantize.embedding import EmbeddingQuant
-from slimkit.share.vocab import VocabTrim
+from slimkit.share.vocab import VocabPrune
 from slimkit.zoo.data import read_sst2, read_stsb
 
 torch.set_num_threads(1)
@@ -22,7 +22,7 @@ s1, s2, _ = read_stsb("train"); sst, _ = read_sst2("train")
 texts = list(dict.fromkeys([*s1, *s2, *sst]))
 batches = [zm.tokenizer.encode(texts[i:i+256], 128) for i in range(0, len(texts), 256)]
 ctx = Context(calib_data=batches)
-t = slimkit.apply(zm.model, VocabTrim(), Targets(), ctx)
+t = slimkit.apply(zm.model, VocabPrune(), Targets(), ctx)
 rec = slimkit.records(t)[-1]; print(rec.summary)
 q = slimkit.apply(t, EmbeddingQuant(bits=8), Targets(include=("*word_embeddings*",)), Context())
 print(slimkit.records(q)[-1].summary)

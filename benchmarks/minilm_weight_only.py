@@ -30,17 +30,17 @@ import torch
 import slimkit
 from slimkit import measure, zoo
 from slimkit.core import Context, Targets
-from slimkit.quantize import WeightOnly
+from slimkit.quantize import WeightOnlyQuant
 from slimkit.quantize.wo_modules import PackedWeight
 from slimkit.zoo import get_task
 
-ROWS: list[tuple[str, WeightOnly | None]] = [
+ROWS: list[tuple[str, WeightOnlyQuant | None]] = [
     ("fp32", None),
-    ("int8 RTN (per channel)", WeightOnly(bits=8)),
-    ("int4 RTN g32", WeightOnly(bits=4, group_size=32)),
-    ("int4 RTN g64", WeightOnly(bits=4, group_size=64)),
-    ("int4 GPTQ g64", WeightOnly(bits=4, group_size=64, algorithm="gptq")),
-    ("int4 AWQ g64", WeightOnly(bits=4, group_size=64, algorithm="awq")),
+    ("int8 RTN (per channel)", WeightOnlyQuant(bits=8)),
+    ("int4 RTN g32", WeightOnlyQuant(bits=4, group_size=32)),
+    ("int4 RTN g64", WeightOnlyQuant(bits=4, group_size=64)),
+    ("int4 GPTQ g64", WeightOnlyQuant(bits=4, group_size=64, algorithm="gptq")),
+    ("int4 AWQ g64", WeightOnlyQuant(bits=4, group_size=64, algorithm="awq")),
 ]
 
 

@@ -99,7 +99,7 @@ def test_compress_eval_bench_round_trip(tmp_path: Path, capsys: pytest.CaptureFi
 
 def test_interrupted_compress_leaves_no_output(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                capsys: pytest.CaptureFixture[str]) -> None:
-    import slimkit.cli.pipeline as pipeline
+    import slimkit.app.pipeline as pipeline
 
     def boom(*a: object, **k: object) -> None:
         raise KeyboardInterrupt

@@ -121,7 +121,7 @@ def test_hf_folder_with_a_saved_tokenizer_uses_it(tmp_path: Path) -> None:
 
 
 def test_timing_an_encoder_export_pairs_it_with_the_encoder_of_the_baseline(tmp_path: Path) -> None:
-    from slimkit.cli.serving import baseline_for
+    from slimkit.app.serving import baseline_for
     from slimkit.core.record import Manifest, Record
 
     zm = zoo.load(f"hf:{_folder(tmp_path, 'bart')}")

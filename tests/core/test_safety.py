@@ -16,8 +16,8 @@ from torch import nn
 import slimkit
 from slimkit.core import ArtifactError, Context, Targets
 from slimkit.core.safety import seal, sha256_file
-from slimkit.prune import ChannelPrune, LayerDrop
-from slimkit.quantize.ptq import CastFloat, DynamicInt8
+from slimkit.prune import ChannelPrune, LayerPrune
+from slimkit.quantize.ptq import CastQuant, DynamicQuant
 
 FACTORY = '''
 import pathlib
@@ -185,7 +185,7 @@ def test_bad_record_data_names_the_record(tmp_path: Path, mutate: Any, fragment:
 
 
 def test_a_dtype_name_must_be_a_torch_dtype(tmp_path: Path) -> None:
-    _saved_with(CastFloat(dtype="float16"))(tmp_path)
+    _saved_with(CastQuant(dtype="float16"))(tmp_path)
     doc = _doc(tmp_path)
     doc["records"][0]["data"]["dtype"] = "load"  # torch.load is a torch attribute, not a dtype
     _write(tmp_path, doc)
@@ -194,7 +194,7 @@ def test_a_dtype_name_must_be_a_torch_dtype(tmp_path: Path) -> None:
 
 
 def test_negative_kept_block_is_refused(tmp_path: Path) -> None:
-    model = slimkit.apply(Blocks(), LayerDrop(drop=(1,)), Targets(include=("layers",)))
+    model = slimkit.apply(Blocks(), LayerPrune(drop=(1,)), Targets(include=("layers",)))
     slimkit.save(model, tmp_path, spec="test:blocks")
     doc = _doc(tmp_path)
     assert doc["records"][0]["data"]["lists"]["layers"]["kept"] == [0, 2, 3]
@@ -238,9 +238,9 @@ def _saved_with(config: Any) -> Any:
 
 @pytest.mark.parametrize("factory, make", [
     (_cnn, lambda p: _pruned_cnn(p)),
-    (_mlp, _saved_with(DynamicInt8())),
-    (_mlp, _saved_with(CastFloat(dtype="float16"))),
-    (Blocks, lambda p: slimkit.save(slimkit.apply(Blocks(), LayerDrop(drop=(2,)), Targets(include=("layers",))), p,
+    (_mlp, _saved_with(DynamicQuant())),
+    (_mlp, _saved_with(CastQuant(dtype="float16"))),
+    (Blocks, lambda p: slimkit.save(slimkit.apply(Blocks(), LayerPrune(drop=(2,)), Targets(include=("layers",))), p,
                                     spec="test:blocks")),
 ])
 def test_fuzzed_manifests_raise_only_artifact_error(tmp_path: Path, factory: Any, make: Any) -> None:

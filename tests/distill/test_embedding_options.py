@@ -10,8 +10,8 @@ from torch import nn
 import slimkit
 from slimkit.core import Context, MethodError, Targets, records
 from slimkit.distill.cache import cache_outputs
-from slimkit.distill.methods import DistillEmbedding, block_pairs, token_cosine_loss
-from slimkit.prune.layers import LayerDrop
+from slimkit.distill.methods import EmbeddingDistill, block_pairs, token_cosine_loss
+from slimkit.prune.layers import LayerPrune
 
 
 class TinyEncoder(nn.Module):
@@ -55,12 +55,12 @@ def test_auto_prefers_the_unlabeled_corpus_and_explicit_sources_must_exist() -> 
             return super().forward(input_ids, attention_mask)
 
     student = Spy(seed=2)
-    cfg = DistillEmbedding(steps=3, lr=0.01)
+    cfg = EmbeddingDistill(steps=3, lr=0.01)
     slimkit.apply(student, cfg, Targets(), Context(unlabeled_data=corpus, calib_data=calib, teacher=teacher,
                                                    progress=False))
     assert seen and set(seen) <= {int(b["input_ids"].sum()) for b in corpus}
     with pytest.raises(MethodError, match=r"Context.train_data"):
-        slimkit.apply(student, DistillEmbedding(steps=1, data="train"), Targets(),
+        slimkit.apply(student, EmbeddingDistill(steps=1, data="train"), Targets(),
                       Context(calib_data=calib, teacher=teacher, progress=False))
 
 
@@ -68,11 +68,11 @@ def test_cached_teacher_runs_once_per_batch_and_trains_like_the_live_teacher() -
     data = batches(4, 3)
     cfg = dict(steps=12, lr=0.02, seed=0)
     teacher = TinyEncoder(seed=1)
-    live = slimkit.apply(TinyEncoder(seed=2), DistillEmbedding(**cfg), Targets(),
+    live = slimkit.apply(TinyEncoder(seed=2), EmbeddingDistill(**cfg), Targets(),
                          Context(train_data=data, teacher=teacher, progress=False))
     assert teacher.calls == 12
     teacher.calls = 0
-    cached = slimkit.apply(TinyEncoder(seed=2), DistillEmbedding(**cfg, cache_teacher=True), Targets(),
+    cached = slimkit.apply(TinyEncoder(seed=2), EmbeddingDistill(**cfg, cache_teacher=True), Targets(),
                            Context(train_data=data, teacher=teacher, progress=False))
     assert teacher.calls == len(data)  # one pass, then the cache
     for a, b in zip(live.parameters(), cached.parameters()):
@@ -93,7 +93,7 @@ def test_cache_needs_a_sequence_and_stores_token_states_in_fp16() -> None:
 
 def test_block_pairs_map_student_blocks_uniformly_onto_teacher_blocks() -> None:
     teacher = TinyEncoder(depth=6)
-    student = slimkit.apply(teacher, LayerDrop(drop=(0, 2, 4)), Targets(), Context())
+    student = slimkit.apply(teacher, LayerPrune(drop=(0, 2, 4)), Targets(), Context())
     s, t = block_pairs(student, teacher)
     assert s == ["layers.0", "layers.1", "layers.2"]
     assert t == ["layers.1", "layers.3", "layers.5"]
@@ -111,7 +111,7 @@ def test_token_cosine_loss_ignores_masked_positions() -> None:
 def test_hidden_supervision_pulls_student_blocks_toward_their_teacher_blocks() -> None:
     teacher = TinyEncoder(depth=4, seed=1)
     data = batches(6, 4)
-    start = slimkit.apply(teacher, LayerDrop(drop=(0, 2)), Targets(), Context())
+    start = slimkit.apply(teacher, LayerPrune(drop=(0, 2)), Targets(), Context())
     for layer in start.layers:  # perturb so there is something to learn
         nn.init.normal_(layer[0].weight, std=0.5)
 
@@ -132,8 +132,8 @@ def test_hidden_supervision_pulls_student_blocks_toward_their_teacher_blocks() -
         return {"gap": block_gap(m)}
 
     ctx = Context(train_data=data, teacher=teacher, progress=False, eval_fn=eval_fn)
-    plain = slimkit.apply(start, DistillEmbedding(steps=60, lr=0.02), Targets(), ctx)
-    hidden = slimkit.apply(start, DistillEmbedding(steps=60, lr=0.02, hidden=1.0, cache_teacher=True), Targets(), ctx)
+    plain = slimkit.apply(start, EmbeddingDistill(steps=60, lr=0.02), Targets(), ctx)
+    hidden = slimkit.apply(start, EmbeddingDistill(steps=60, lr=0.02, hidden=1.0, cache_teacher=True), Targets(), ctx)
     assert block_gap(hidden) < 0.7 * block_gap(start)
     assert block_gap(hidden) < block_gap(plain)
     assert isinstance(hidden, TinyEncoder)  # the wrapper used for training is not what comes back
@@ -142,20 +142,20 @@ def test_hidden_supervision_pulls_student_blocks_toward_their_teacher_blocks() -
 
 def test_hidden_must_be_non_negative() -> None:
     with pytest.raises(Exception, match="hidden"):
-        DistillEmbedding(hidden=-1.0)
+        EmbeddingDistill(hidden=-1.0)
 
 
 def test_freeze_keeps_matching_parameters_fixed_and_names_unknown_patterns() -> None:
     teacher = TinyEncoder(seed=1)
     data = batches(3, 6)
     student = TinyEncoder(seed=2)
-    out = slimkit.apply(student, DistillEmbedding(steps=10, lr=0.05, freeze=("emb.*",), hidden=0.5), Targets(),
+    out = slimkit.apply(student, EmbeddingDistill(steps=10, lr=0.05, freeze=("emb.*",), hidden=0.5), Targets(),
                         Context(train_data=data, teacher=teacher, progress=False))
     assert torch.equal(out.emb.weight, student.emb.weight)  # frozen
     assert not torch.equal(out.layers[0][0].weight, student.layers[0][0].weight)  # trained
     assert all(p.requires_grad for p in out.parameters())  # freezing is undone afterwards
     with pytest.raises(MethodError, match="nothing_like_this"):
-        slimkit.apply(student, DistillEmbedding(steps=1, freeze=("nothing_like_this",)), Targets(),
+        slimkit.apply(student, EmbeddingDistill(steps=1, freeze=("nothing_like_this",)), Targets(),
                       Context(train_data=data, teacher=teacher, progress=False))
 
 
@@ -173,15 +173,15 @@ def test_cache_runs_the_teacher_once_per_distinct_batch_object() -> None:
 
 
 def test_dropout_option_is_validated_and_reaches_the_loop() -> None:
-    assert DistillEmbedding.from_dict({"dropout": 0}).dropout == 0
+    assert EmbeddingDistill.from_dict({"dropout": 0}).dropout == 0
     with pytest.raises(Exception, match="dropout"):
-        DistillEmbedding(dropout=1.5)
+        EmbeddingDistill(dropout=1.5)
     teacher, data = TinyEncoder(seed=1), batches(3, 6)
     runs = []
     for rate in (None, 0.0):
         student = TinyEncoder(seed=2)
         student.layers.append(nn.Dropout(0.5))
-        runs.append(slimkit.apply(student, DistillEmbedding(steps=5, lr=0.05, dropout=rate), Targets(),
+        runs.append(slimkit.apply(student, EmbeddingDistill(steps=5, lr=0.05, dropout=rate), Targets(),
                                   Context(train_data=data, teacher=teacher, progress=False, seed=0)))
         assert runs[-1].layers[-1].p == 0.5  # the rate is restored after training
     assert not torch.equal(runs[0].layers[0][0].weight, runs[1].layers[0][0].weight)

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import slimkit
-import slimkit.methods
+import slimkit.catalog
 from slimkit.core import Context, MethodError, Recipe, records
 from slimkit.distill.cache import cache_teacher_topk, kd_with, topk_of
 from slimkit.distill.engine import distill

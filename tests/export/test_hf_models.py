@@ -16,10 +16,10 @@ from torch import nn
 import slimkit
 from slimkit.core import Context, MethodError, Targets
 from slimkit.core.context import select_output
-from slimkit.export.artifact import write_onnx
+from slimkit.export.onnx import write_onnx
 from slimkit.export.onnx import OrtModel, check_onnx, export_onnx
 from slimkit.quantize.int8_modules import Int8Linear
-from slimkit.quantize.ptq import DynamicInt8
+from slimkit.quantize.ptq import DynamicQuant
 
 from prune.models import FACTORIES  # the pruning suite's architectures (tests/ is on sys.path)
 
@@ -152,7 +152,7 @@ def test_whisper_encoder_takes_audio_features(tmp_path) -> None:
 
 def test_int8_quantized_hf_model_exports_those_layers_as_int8(tmp_path) -> None:
     model, batch = FACTORIES["bert"]()
-    q = slimkit.apply(model, DynamicInt8(), Targets(include=("encoder.*",)), Context())
+    q = slimkit.apply(model, DynamicQuant(), Targets(include=("encoder.*",)), Context())
     n_int8 = sum(isinstance(m, Int8Linear) for m in q.modules())
     info = write_onnx(q, batch, tmp_path / "q.onnx")  # int8="auto"
     assert info["int8"] == "dynamic" and info["int8_nodes"] == n_int8 == 12  # not the pooler
@@ -166,7 +166,7 @@ def test_int8_quantized_hf_model_exports_those_layers_as_int8(tmp_path) -> None:
 @pytest.mark.slow
 def test_pt2e_exports_model_outputs_and_encoders() -> None:
     pytest.importorskip("torchao")
-    from slimkit.export.artifact import deviation
+    from slimkit.export.onnx import deviation
     from slimkit.export.pt2e import Pt2eModel, quantize_pt2e
     from slimkit.export.view import export_view
 
@@ -204,7 +204,7 @@ def test_pt2e_dynamic_int8_without_calibration_data_is_accurate() -> None:
     """Dynamic PT2E runs the example once so the weight observers see the weights (unrun,
     a tiny Qwen2's output cosine was 0.89)."""
     pytest.importorskip("torchao")
-    from slimkit.export.artifact import deviation
+    from slimkit.export.onnx import deviation
     from slimkit.export.pt2e import Pt2eModel, quantize_pt2e
     from slimkit.export.view import export_view
 
@@ -221,7 +221,7 @@ def test_pt2e_of_an_int8_quantized_model_traces_the_float_twins(tmp_path) -> Non
     from slimkit.export.view import export_view
 
     model, batch = FACTORIES["bert"]()
-    q = slimkit.apply(model, DynamicInt8(), Targets(include=("encoder.*",)), Context())
+    q = slimkit.apply(model, DynamicQuant(), Targets(include=("encoder.*",)), Context())
     info = write_pt2e(q, batch, tmp_path / "m.pt2", static=False, check=False)
     assert info["int8_ops"] > 0 and isinstance(q.get_submodule("encoder.layer.0.output.dense"), Int8Linear)
     program = torch.export.load(str(tmp_path / "m.pt2"))

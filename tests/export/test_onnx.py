@@ -8,7 +8,7 @@ from torch import nn
 import slimkit
 from slimkit.core import Context, MethodError, Targets
 from slimkit.core.errors import ArtifactError, ConfigError
-from slimkit.export.artifact import OnnxExport, write_onnx
+from slimkit.export.onnx import OnnxExport, write_onnx
 from slimkit.export.onnx import OrtModel, check_onnx, export_onnx
 from slimkit.export.ort_quant import describe_ops, match_nodes, quantizable_nodes, quantize_dynamic_onnx
 
@@ -134,9 +134,9 @@ def test_export_step_writes_into_export_dir_and_records(tmp_path) -> None:
 
 def test_torch_int8_model_exports_float_file_is_rejected_cleanly(tmp_path) -> None:
     # Int8Linear runs quantized:: kernels the ONNX exporter does not know: a clear MethodError, not a crash.
-    from slimkit.quantize.ptq import DynamicInt8
+    from slimkit.quantize.ptq import DynamicQuant
 
-    q = slimkit.apply(_mlp(), DynamicInt8(), Targets())
+    q = slimkit.apply(_mlp(), DynamicQuant(), Targets())
     with pytest.raises(MethodError, match="ONNX export"):
         export_onnx(q, torch.randn(2, 32), tmp_path / "q.onnx")
 

@@ -6,10 +6,10 @@ import torch
 
 import slimkit
 from slimkit.core import MethodError
-from slimkit.export.artifact import write_onnx
+from slimkit.export.onnx import write_onnx
 from slimkit.export.onnx import OrtModel
 from slimkit.export.pt2e import write_pt2e
-from slimkit.quantize.ptq import DynamicInt8
+from slimkit.quantize.ptq import DynamicQuant
 from slimkit.zoo.bilstm import BiLSTMClassifier
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -36,13 +36,13 @@ def test_float_bilstm_exports_to_onnx_for_any_batch_and_length(tiny, tmp_path) -
 
 
 def test_int8_rnn_refuses_onnx_naming_the_layer(tiny, tmp_path) -> None:
-    q = slimkit.apply(tiny, DynamicInt8(), slimkit.Targets())
+    q = slimkit.apply(tiny, DynamicQuant(), slimkit.Targets())
     with pytest.raises(MethodError, match="'lstm' is an int8 LSTM"):
         write_onnx(q, _batch(1, 7), tmp_path / "q.onnx")
 
 
 @pytest.mark.parametrize("int8", [False, True])
 def test_pt2e_refuses_recurrent_layers_naming_them(tiny, tmp_path, int8) -> None:
-    model = slimkit.apply(tiny, DynamicInt8(), slimkit.Targets()) if int8 else tiny
+    model = slimkit.apply(tiny, DynamicQuant(), slimkit.Targets()) if int8 else tiny
     with pytest.raises(MethodError, match="export.pt2e: 'lstm' is a LSTM layer"):
         write_pt2e(model, _batch(1, 7), tmp_path / "m.pt2", calib=[_batch(1, 7)])

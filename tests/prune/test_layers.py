@@ -8,7 +8,7 @@ from torch import nn
 
 import slimkit
 from slimkit.core.errors import ConfigError, MethodError
-from slimkit.prune.layers import LayerDrop, kept_blocks
+from slimkit.prune.layers import LayerPrune, kept_blocks
 
 IDS = torch.tensor([[3, 7, 1, 9, 4, 2], [5, 5, 8, 1, 0, 6]])  # [B=2, T=6]
 
@@ -73,11 +73,11 @@ def _n_params(m: nn.Module) -> int:
 
 
 @pytest.mark.parametrize("build, blocks_of, depth_key, cfg, dropped", [
-    (_bert, lambda m: m.encoder.layer, "num_hidden_layers", LayerDrop(drop=(0, 2)), [0, 2]),
-    (_gpt2, lambda m: m.transformer.h, "n_layer", LayerDrop(keep_every=2), [0, 2]),
-    (_llama, lambda m: m.model.layers, "num_hidden_layers", LayerDrop(drop=(1, -1)), [1, 3]),
-    (_qwen2, lambda m: m.model.layers, "num_hidden_layers", LayerDrop(drop=(0, 3)), [0, 3]),
-    (_t5, lambda m: m.encoder.block, "num_layers", LayerDrop(drop=(0,)), [0]),
+    (_bert, lambda m: m.encoder.layer, "num_hidden_layers", LayerPrune(drop=(0, 2)), [0, 2]),
+    (_gpt2, lambda m: m.transformer.h, "n_layer", LayerPrune(keep_every=2), [0, 2]),
+    (_llama, lambda m: m.model.layers, "num_hidden_layers", LayerPrune(drop=(1, -1)), [1, 3]),
+    (_qwen2, lambda m: m.model.layers, "num_hidden_layers", LayerPrune(drop=(0, 3)), [0, 3]),
+    (_t5, lambda m: m.encoder.block, "num_layers", LayerPrune(drop=(0,)), [0]),
 ], ids=["bert", "gpt2", "llama", "qwen2", "t5"])
 def test_drop_matches_bypassing_the_blocks_and_round_trips(tmp_path, build, blocks_of, depth_key, cfg, dropped):
     dense = build()
@@ -106,19 +106,19 @@ def test_drop_matches_bypassing_the_blocks_and_round_trips(tmp_path, build, bloc
 
 
 def test_per_layer_config_lists_follow_the_kept_blocks():
-    small = slimkit.apply(_qwen2(), LayerDrop(drop=(0, 3)))
+    small = slimkit.apply(_qwen2(), LayerPrune(drop=(0, 3)))
     assert small.config.layer_types == ["full_attention", "sliding_attention"]
 
 
 def test_t5_relative_bias_moves_to_new_first_block():
-    small = slimkit.apply(_t5(), LayerDrop(drop=(0,)))
+    small = slimkit.apply(_t5(), LayerPrune(drop=(0,)))
     first = small.encoder.block[0].layer[0].SelfAttention
     assert first.has_relative_attention_bias and isinstance(first.relative_attention_bias, nn.Embedding)
 
 
 @pytest.mark.parametrize("build", [_gpt2, _llama], ids=["gpt2", "llama"])
 def test_kv_cache_decoding_matches_full_forward_after_drop(build):
-    small = slimkit.apply(build(), LayerDrop(drop=(0, 1)))
+    small = slimkit.apply(build(), LayerPrune(drop=(0, 1)))
     with torch.no_grad():
         full = small(input_ids=IDS).logits  # [B, T, V]
         first = small(input_ids=IDS[:, :-1], use_cache=True)
@@ -143,7 +143,7 @@ class Tower(nn.Module):
 
 def test_plain_torch_model_equals_manual_kept_blocks(tmp_path):
     dense = Tower()
-    small = slimkit.apply(dense, LayerDrop(keep_every=2))
+    small = slimkit.apply(dense, LayerPrune(keep_every=2))
     assert len(small.blocks) == 2
     x = torch.randn(3, 4)
     manual = dense.stem(x)
@@ -161,23 +161,23 @@ def test_several_lists_need_a_target_and_targets_pick_one():
             self.a = nn.ModuleList([nn.Linear(2, 2) for _ in range(3)])
             self.b = nn.ModuleList([nn.Linear(2, 2) for _ in range(3)])
     with pytest.raises(MethodError, match="several block lists"):
-        slimkit.apply(Two(), LayerDrop(drop=(0,)))
-    out = slimkit.apply(Two(), LayerDrop(drop=(0,)), slimkit.Targets(include=("b",)))
+        slimkit.apply(Two(), LayerPrune(drop=(0,)))
+    out = slimkit.apply(Two(), LayerPrune(drop=(0,)), slimkit.Targets(include=("b",)))
     assert len(out.a) == 3 and len(out.b) == 2
     with pytest.raises(MethodError, match="name no ModuleList"):
-        slimkit.apply(Two(), LayerDrop(drop=(0,)), slimkit.Targets(include=("c",)))
+        slimkit.apply(Two(), LayerPrune(drop=(0,)), slimkit.Targets(include=("c",)))
 
 
 def test_config_and_index_errors():
     with pytest.raises(ConfigError, match="exactly one"):
-        LayerDrop()
+        LayerPrune()
     with pytest.raises(ConfigError, match="exactly one"):
-        LayerDrop(drop=(1,), keep_every=2)
+        LayerPrune(drop=(1,), keep_every=2)
     with pytest.raises(ConfigError, match="keep_every"):
-        LayerDrop(keep_every=0)
-    assert LayerDrop.from_dict({"drop": [1, 2]}).drop == (1, 2)
-    assert kept_blocks(6, LayerDrop(keep_every=3)) == [2, 5]
+        LayerPrune(keep_every=0)
+    assert LayerPrune.from_dict({"drop": [1, 2]}).drop == (1, 2)
+    assert kept_blocks(6, LayerPrune(keep_every=3)) == [2, 5]
     with pytest.raises(MethodError, match="out of range"):
-        kept_blocks(4, LayerDrop(drop=(4,)))
+        kept_blocks(4, LayerPrune(drop=(4,)))
     with pytest.raises(MethodError, match="remove all"):
-        kept_blocks(2, LayerDrop(drop=(0, 1)))
+        kept_blocks(2, LayerPrune(drop=(0, 1)))

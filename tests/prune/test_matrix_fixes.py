@@ -15,7 +15,7 @@ from torch import nn
 
 import slimkit
 from slimkit.core.errors import MethodError
-from slimkit.prune import HeadPrune, LayerDrop
+from slimkit.prune import HeadPrune, LayerPrune
 from slimkit.prune.structured import units
 
 H, D, T = 4, 8, 5
@@ -94,8 +94,8 @@ def test_layer_drop_refuses_a_block_that_changes_the_shape() -> None:
     x = torch.randn(1, 4, 6, 6)
     ctx = slimkit.Context(example_inputs=x)
     with pytest.raises(MethodError, match=r"block stages\.0 \(Conv2d\) maps shape \[1, 4, 6, 6\] to \[1, 8, 6, 6\]"):
-        slimkit.apply(Stages(), LayerDrop(drop=(0,)), ctx=ctx)
-    out = slimkit.apply(Stages(), LayerDrop(drop=(1,)), ctx=ctx)  # the shape-keeping block can go
+        slimkit.apply(Stages(), LayerPrune(drop=(0,)), ctx=ctx)
+    out = slimkit.apply(Stages(), LayerPrune(drop=(1,)), ctx=ctx)  # the shape-keeping block can go
     assert len(out.stages) == 1 and out(x).shape == (1, 8, 6, 6)
 
 

@@ -8,7 +8,7 @@ from torch import nn
 
 import slimkit
 from slimkit.core.errors import ConfigError, MethodError
-from slimkit.prune.merge import NeuronMerge, find_pairs, merge_plan
+from slimkit.prune.merge import MergePrune, find_pairs, merge_plan
 
 
 def _mlp_out(w_in, b_in, w_out, x):
@@ -87,7 +87,7 @@ def _seq() -> nn.Module:
 def test_sequential_method_shrinks_both_linears_keeps_function_and_restores(tmp_path):
     dense = _seq()
     assert find_pairs(dense) == [("0", "3"), ("3", "5")]
-    small = slimkit.apply(dense, NeuronMerge(ratio=0.25))
+    small = slimkit.apply(dense, MergePrune(ratio=0.25))
     assert (small[0].out_features, small[3].in_features, small[3].out_features, small[5].in_features) == (6, 6, 6, 6)
     assert small[0].weight.shape == (6, 4) and small[5].weight.shape == (2, 6)
     x = torch.randn(10, 4)
@@ -121,7 +121,7 @@ def test_bert_ffn_pairs_merge_exact_duplicates(tmp_path):
     dense = build()
     assert find_pairs(dense) == [(f"encoder.layer.{i}.intermediate.dense", f"encoder.layer.{i}.output.dense")
                                  for i in range(2)]
-    small = slimkit.apply(dense, NeuronMerge(ratio=1 / 32))  # remove exactly one neuron per FFN
+    small = slimkit.apply(dense, MergePrune(ratio=1 / 32))  # remove exactly one neuron per FFN
     ids = torch.tensor([[1, 4, 9, 2]])
     for layer in small.encoder.layer:
         assert layer.intermediate.dense.weight.shape == (31, 16) and layer.output.dense.weight.shape == (16, 31)
@@ -145,7 +145,7 @@ def test_gpt2_conv1d_pairs_merge_exact_duplicates(tmp_path):
     dense = build()
     pairs = find_pairs(dense)
     assert pairs == [(f"transformer.h.{i}.mlp.c_fc", f"transformer.h.{i}.mlp.c_proj") for i in range(2)]
-    small = slimkit.apply(dense, NeuronMerge(ratio=1 / 32))
+    small = slimkit.apply(dense, MergePrune(ratio=1 / 32))
     mlp = small.transformer.h[0].mlp
     assert (mlp.c_fc.nf, mlp.c_proj.nx, mlp.c_fc.weight.shape, mlp.c_proj.weight.shape) == (31, 31, (16, 31), (31, 16))
     ids = torch.tensor([[1, 4, 9, 2]])
@@ -157,9 +157,9 @@ def test_gpt2_conv1d_pairs_merge_exact_duplicates(tmp_path):
 
 
 def test_targets_and_errors():
-    small = slimkit.apply(_seq(), NeuronMerge(ratio=0.5), slimkit.Targets(include=("3",)))
+    small = slimkit.apply(_seq(), MergePrune(ratio=0.5), slimkit.Targets(include=("3",)))
     assert small[0].out_features == 8 and small[3].out_features == 4 and small[5].in_features == 4
     with pytest.raises(MethodError, match="no Linear -> activation -> Linear"):
-        slimkit.apply(nn.Sequential(nn.Linear(2, 2), nn.LayerNorm(2), nn.Linear(2, 2)), NeuronMerge())
+        slimkit.apply(nn.Sequential(nn.Linear(2, 2), nn.LayerNorm(2), nn.Linear(2, 2)), MergePrune())
     with pytest.raises(ConfigError, match="ratio"):
-        NeuronMerge(ratio=1.0)
+        MergePrune(ratio=1.0)

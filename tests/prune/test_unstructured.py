@@ -12,9 +12,9 @@ from slimkit.core import ConfigError, Context, MethodError, Targets
 from slimkit.core.encoding import dense_nbytes
 from slimkit.prune import (
     BlockPrune,
-    DSDTrain,
+    DsdPrune,
     GradualPrune,
-    GrowPrunePrune,
+    RegrowPrune,
     MagnitudePrune,
     MovementPrune,
     NMPrune,
@@ -213,7 +213,7 @@ def _tiny_classification() -> tuple[nn.Module, Context, torch.Tensor, torch.Tens
 @pytest.mark.parametrize("cfg", [
     GradualPrune(sparsity=0.8, steps=120, every=10, lr=1e-2),
     MovementPrune(sparsity=0.8, steps=120, every=10, lr=1e-2),
-    GrowPrunePrune(sparsity=0.8, steps=120, every=20, lr=1e-2),
+    RegrowPrune(sparsity=0.8, steps=120, every=20, lr=1e-2),
 ], ids=["gradual", "movement", "grow-prune"])
 def test_training_methods_reach_the_sparsity_and_learn(cfg: GradualPrune) -> None:
     model, ctx, x, y = _tiny_classification()
@@ -232,19 +232,19 @@ def test_training_methods_reach_the_sparsity_and_learn(cfg: GradualPrune) -> Non
 
 def test_dsd_ends_dense_after_a_sparse_phase() -> None:
     model, ctx, _, _ = _tiny_classification()
-    out = slimkit.apply(model, DSDTrain(sparsity=0.7, dense_steps=10, sparse_steps=40, redense_steps=40), LIN, ctx)
+    out = slimkit.apply(model, DsdPrune(sparsity=0.7, dense_steps=10, sparse_steps=40, redense_steps=40), LIN, ctx)
     rec = slimkit.records(out)[0]
     assert rec.summary["sparse_phase_sparsity"] == pytest.approx(0.7, abs=0.01)
     assert rec.summary["sparsity"] < 0.05  # re-dense phase revived the pruned weights
     with pytest.raises(MethodError, match="train_data"):
-        slimkit.apply(model, DSDTrain(), LIN, Context(loss_fn=ctx.loss_fn))
+        slimkit.apply(model, DsdPrune(), LIN, Context(loss_fn=ctx.loss_fn))
 
 
 def test_configs_round_trip_as_plain_data() -> None:
     from slimkit.core import config_class
 
     kinds = ["prune.magnitude", "prune.obd", "prune.sparsegpt", "prune.wanda", "prune.block", "prune.nm",
-             "prune.gradual", "prune.movement", "prune.grow-prune", "prune.dsd"]
+             "prune.gradual", "prune.movement", "prune.regrow", "prune.dsd"]
     for kind in kinds:
         cls = config_class(kind)
         cfg = cls()

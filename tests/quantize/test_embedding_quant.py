@@ -11,7 +11,7 @@ import slimkit
 from slimkit.core import ConfigError, Context, MethodError
 from slimkit.quantize.embedding import EmbeddingQuant, QuantEmbedding, pack_rows, unpack_rows
 from slimkit.quantize.packing import unpack_bits
-from slimkit.share.vocab import TrimmedEmbedding, VocabTrim
+from slimkit.share.vocab import TrimmedEmbedding, VocabPrune
 
 
 class Tiny(nn.Module):
@@ -91,7 +91,7 @@ def test_mse_scales_lower_the_error_on_the_full_signed_grid(bits: int) -> None:
 
 def test_quantizes_a_trimmed_table_and_round_trips(tmp_path: Path) -> None:
     ctx = Context(calib_data=[torch.tensor([[2, 3, 3, 5, 7]])], progress=False)
-    trimmed = slimkit.apply(Tiny(), VocabTrim(always_keep=(1,), unk_id=1), ctx=ctx)
+    trimmed = slimkit.apply(Tiny(), VocabPrune(always_keep=(1,), unk_id=1), ctx=ctx)
     assert isinstance(trimmed.emb, TrimmedEmbedding)
     out = quantized(trimmed, bits=8)
     q = out.emb

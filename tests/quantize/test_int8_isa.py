@@ -11,7 +11,7 @@ from torch import nn
 import slimkit
 from slimkit.core import Targets, cpu
 from slimkit.core.errors import ConfigError
-from slimkit.quantize.ptq import DynamicInt8, StaticInt8
+from slimkit.quantize.ptq import DynamicQuant, StaticQuant
 
 pytestmark = pytest.mark.int8
 
@@ -68,24 +68,24 @@ def test_torch_int8_methods_follow_the_answer_and_record_it(monkeypatch: pytest.
                                                            qmax: int) -> None:
     monkeypatch.setenv(cpu.OVERRIDE_ENV, answer)
     x = torch.randn(4, 16)
-    for config, ctx in ((DynamicInt8(), None), (StaticInt8(), slimkit.Context(calib_data=[x]))):
+    for config, ctx in ((DynamicQuant(), None), (StaticQuant(), slimkit.Context(calib_data=[x]))):
         q = slimkit.apply(_mlp(), config, Targets(), ctx)
         assert int(q[0].weight_int8.abs().max()) == qmax
         rec = slimkit.records(q)[-1]
         assert rec.summary["weight_qmax"] == qmax and rec.data["int8_isa"]["has_vnni"] is (answer == "vnni")
         assert rec.data["int8_isa"]["source"] == f"{cpu.OVERRIDE_ENV}={answer}"
-    fixed = slimkit.apply(_mlp(), DynamicInt8(weight_bits=8), Targets())  # the config can fix it
+    fixed = slimkit.apply(_mlp(), DynamicQuant(weight_bits=8), Targets())  # the config can fix it
     assert int(fixed[0].weight_int8.abs().max()) == 127
 
 
 def test_restoring_an_8bit_artifact_without_vnni_warns(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
     monkeypatch.setenv(cpu.OVERRIDE_ENV, "vnni")
-    q = slimkit.apply(_mlp(), DynamicInt8(), Targets())
+    q = slimkit.apply(_mlp(), DynamicQuant(), Targets())
     slimkit.save(q, tmp_path / "vnni")
     monkeypatch.setenv(cpu.OVERRIDE_ENV, "avx2")
     with pytest.warns(cpu.Int8IsaWarning, match="saturate"):
         slimkit.restore(tmp_path / "vnni", model=_mlp)
-    safe = slimkit.apply(_mlp(), DynamicInt8(), Targets())  # 7-bit codes: fine anywhere
+    safe = slimkit.apply(_mlp(), DynamicQuant(), Targets())  # 7-bit codes: fine anywhere
     slimkit.save(safe, tmp_path / "safe")
     monkeypatch.setenv(cpu.OVERRIDE_ENV, "vnni")
     with warnings.catch_warnings():

@@ -10,7 +10,7 @@ import slimkit
 from slimkit.core import Context, MethodError, Targets
 from slimkit.quantize.int8_modules import Int8Conv2d, Int8Linear
 from slimkit.quantize.observers import MinMaxObserver
-from slimkit.quantize.ptq import DynamicInt8, StaticInt8
+from slimkit.quantize.ptq import DynamicQuant, StaticQuant
 
 
 class AttnNet(nn.Module):
@@ -36,7 +36,7 @@ def test_multihead_attention_after_dynamic_int8_matches_float(grad: bool) -> Non
     x = torch.randn(2, 5, 32, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         ref = model(x)
-    q = slimkit.apply(model, DynamicInt8(), Targets(), Context())
+    q = slimkit.apply(model, DynamicQuant(), Targets(), Context())
     assert isinstance(q.mha.out_proj, Int8Linear) and isinstance(q.head, Int8Linear)
     assert isinstance(q.mha.in_proj_weight, nn.Parameter)  # a raw parameter, not a layer: stays float
     with torch.set_grad_enabled(grad):
@@ -64,7 +64,7 @@ def test_hf_vit_after_static_int8_still_runs() -> None:
     calib = [torch.randn(4, 3, 16, 16, generator=g) for _ in range(3)]
     with torch.no_grad():
         ref = model(calib[0]).last_hidden_state
-    q = slimkit.apply(model, StaticInt8(), Targets(types=("Conv2d", "Linear"), exclude=("pooler.*",)),
+    q = slimkit.apply(model, StaticQuant(), Targets(types=("Conv2d", "Linear"), exclude=("pooler.*",)),
                       Context(calib_data=calib))
     assert isinstance(q.embeddings.patch_embeddings.projection, Int8Conv2d)
     with torch.no_grad():
@@ -86,8 +86,8 @@ def test_static_int8_names_the_layer_that_saw_no_calibration_data() -> None:
     torch.manual_seed(0)
     ctx = Context(calib_data=[torch.randn(4, 8)])
     with pytest.raises(MethodError, match=r"layer\(s\) aux saw no calibration data.*exclude them"):
-        slimkit.apply(WithUnused().eval(), StaticInt8(), Targets(), ctx)
-    q = slimkit.apply(WithUnused().eval(), StaticInt8(), Targets(exclude=("aux",)), ctx)
+        slimkit.apply(WithUnused().eval(), StaticQuant(), Targets(), ctx)
+    q = slimkit.apply(WithUnused().eval(), StaticQuant(), Targets(exclude=("aux",)), ctx)
     assert isinstance(q.fc, Int8Linear) and type(q.aux) is nn.Linear
 
 
@@ -98,10 +98,10 @@ def test_observer_error_names_what_it_observes() -> None:
 
 def test_multihead_attention_int8_model_exports_to_onnx(tmp_path) -> None:
     """The export traces MHA off its fused fast path, with the int8 layers as their float twins."""
-    from slimkit.export.artifact import write_onnx
+    from slimkit.export.onnx import write_onnx
 
     torch.manual_seed(0)
-    q = slimkit.apply(AttnNet().eval(), DynamicInt8(), Targets(), Context())
+    q = slimkit.apply(AttnNet().eval(), DynamicQuant(), Targets(), Context())
     info = write_onnx(q, torch.randn(2, 5, 32, generator=torch.Generator().manual_seed(1)), tmp_path / "m.onnx")
     assert info["int8"] == "dynamic" and info["int8_layers_in_model"] == 2
     assert info["int8_nodes"] == 1  # the head; MHA reads out_proj.weight itself (its values are int8-grid already)

@@ -11,7 +11,7 @@ from torch import nn
 import slimkit
 from slimkit import Targets
 from slimkit.core import MethodError
-from slimkit.quantize.ptq import DynamicInt8
+from slimkit.quantize.ptq import DynamicQuant
 from slimkit.quantize.int8_recurrent import Int8RNN, emulate
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -74,7 +74,7 @@ def test_quantize_dynamic_swaps_rnn_and_round_trips(tmp_path) -> None:
     torch.manual_seed(0)
     model = Net(nn.LSTM).eval()
     x = torch.randn(2, 5, 8)
-    q = slimkit.apply(model, DynamicInt8(), Targets())
+    q = slimkit.apply(model, DynamicQuant(), Targets())
     assert isinstance(q.rnn, Int8RNN) and q.rnn.weight_hh_l1_reverse_int8.dtype == torch.int8
     assert _rel(q(x), model(x)) < 0.03
     q(x)  # packs the weights; a deep copy must still work
@@ -95,7 +95,7 @@ def test_pruned_then_int8_gru(tmp_path) -> None:
     model = Net(nn.GRU).eval()
     x = torch.randn(2, 5, 8)
     small = slimkit.apply(model, ChannelPrune(ratio=0.5), Targets(include=("rnn",)), Context(example_inputs=x))
-    q = slimkit.apply(small, DynamicInt8(), Targets())
+    q = slimkit.apply(small, DynamicQuant(), Targets())
     assert q.rnn.hidden_size == 6
     slimkit.save(q, tmp_path / "q")
     back = slimkit.restore(tmp_path / "q", model=lambda: Net(nn.GRU))
@@ -112,7 +112,7 @@ def test_plain_rnn_and_projected_lstm_are_refused() -> None:
             return self.rnn(x)[0]
 
     with pytest.raises(MethodError, match="proj_size"):
-        slimkit.apply(Proj(), DynamicInt8(), Targets(include=("rnn",)))
+        slimkit.apply(Proj(), DynamicQuant(), Targets(include=("rnn",)))
 
 
 @pytest.mark.parametrize("cls", [nn.LSTM, nn.GRU])
@@ -126,5 +126,5 @@ def test_profile_counts_recurrent_macs_like_float(cls) -> None:
     # per token: layer 0 reads 8 inputs, layer 1 reads 2*12; both directions; plus the 24 -> 3 head
     expected = 5 * 2 * g * 12 * ((8 + 12) + (24 + 12)) + 24 * 3
     assert measure.profile(model, x).macs == expected
-    q = slimkit.apply(model, DynamicInt8(), Targets())
+    q = slimkit.apply(model, DynamicQuant(), Targets())
     assert measure.profile(q, x).macs == expected

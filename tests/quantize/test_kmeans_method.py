@@ -13,8 +13,8 @@ from torch import nn
 
 import slimkit
 from slimkit.core import ConfigError, Recipe
-from slimkit.quantize.fold_bn import FoldBN
-from slimkit.quantize.kmeans_method import KMeansShare, SharedWeightLayer, kmeans_keep_zeros
+from slimkit.quantize.fold_bn import FoldBnQuant
+from slimkit.quantize.kmeans_method import KMeansQuant, SharedWeightLayer, kmeans_keep_zeros
 from slimkit.quantize.nonuniform import codebook_grad
 from slimkit.quantize.packed import PackedLayer, decode_codes, encode_codes, sparse_entries
 
@@ -69,7 +69,7 @@ def test_centroid_gradient_is_the_sum_of_its_weights_gradients() -> None:
 def test_fold_bn_keeps_the_function_and_round_trips(tmp_path: Path) -> None:
     model = tiny_model()
     x = inputs()
-    folded = slimkit.apply(model, FoldBN())
+    folded = slimkit.apply(model, FoldBnQuant())
     assert isinstance(folded[1], nn.Identity) and folded[0].bias is not None
     assert torch.allclose(folded(x), model(x), atol=1e-5)
     assert slimkit.records(folded)[-1].summary == {"folded": 1, "unfolded_bn": 0}
@@ -83,7 +83,7 @@ def test_kmeans_keeps_pruned_zeros_through_centroid_fine_tuning(tmp_path: Path) 
             m.weight[m.weight.abs() < m.weight.abs().median()] = 0.0
     recipe = Recipe.from_yaml("""
 steps:
-  - kind: quantize.fold-bn
+  - kind: quantize.fold_bn
   - kind: quantize.kmeans
     with: {bits: 3, layer_bits: {"4": 2}, steps: 30, lr: 0.01, huffman: true}
 """)
@@ -101,14 +101,14 @@ steps:
 
 def test_kmeans_config_errors() -> None:
     with pytest.raises(ConfigError, match="layer_bits"):
-        KMeansShare(layer_bits={"fc": 9})
+        KMeansQuant(layer_bits={"fc": 9})
     with pytest.raises(ConfigError, match="init"):
-        KMeansShare.from_dict({"init": "kmeans++"})
+        KMeansQuant.from_dict({"init": "kmeans++"})
 
 
 def test_every_lowbit_method_is_listed() -> None:
     kinds = slimkit.core.kinds()
-    for kind in ("quantize.qat", "quantize.binary", "quantize.ternary", "quantize.kmeans", "quantize.fold-bn"):
+    for kind in ("quantize.qat", "quantize.binary", "quantize.ternary", "quantize.kmeans", "quantize.fold_bn"):
         assert kind in kinds
 
 

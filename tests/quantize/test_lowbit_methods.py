@@ -10,7 +10,7 @@ from torch import nn
 
 import slimkit
 from slimkit.core import ConfigError, Recipe
-from slimkit.quantize.lowbit_methods import Binary, BinaryLayer, Ternary, TernaryLayer
+from slimkit.quantize.lowbit_methods import BinaryQuant, BinaryLayer, TernaryQuant, TernaryLayer
 from slimkit.quantize.packed import PackedLayer
 
 from .lowbit_helpers import check_round_trip, inputs, tiny_ctx, tiny_model
@@ -60,7 +60,7 @@ def test_ttq_learns_its_two_scales(tmp_path: Path) -> None:
     model = tiny_model()
     start = TernaryLayer(model[4], "ttq", per_channel=False, delta_factor=0.7, threshold=0.05).ttq.requires_grad_(False)
     assert start is not None
-    out = slimkit.apply(model, Ternary(mode="ttq", steps=40, lr=1e-2), None, tiny_ctx())
+    out = slimkit.apply(model, TernaryQuant(mode="ttq", steps=40, lr=1e-2), None, tiny_ctx())
     fc = out[4]
     assert isinstance(fc, PackedLayer)
     cb = fc.codebook[0]
@@ -89,11 +89,11 @@ steps:
 
 def test_config_errors_name_the_key() -> None:
     with pytest.raises(ConfigError, match="mode"):
-        Binary.from_dict({"mode": "sign"})
+        BinaryQuant.from_dict({"mode": "sign"})
     with pytest.raises(ConfigError, match="per_channel"):
-        Ternary(mode="ttq", per_channel=True)
+        TernaryQuant(mode="ttq", per_channel=True)
     with pytest.raises(ConfigError, match="steps"):
-        Ternary(steps=-1)
+        TernaryQuant(steps=-1)
 
 
 @pytest.mark.slow
@@ -106,7 +106,7 @@ def test_digits_ternary_within_two_points_of_fp32(
     _, _, x_te, y_te = digits_split()
     dense = pretrained_digits_cnn()
     ctx = digits_finetune_ctx
-    out = slimkit.apply(dense, Ternary(mode=mode, steps=200), None, ctx)
+    out = slimkit.apply(dense, TernaryQuant(mode=mode, steps=200), None, ctx)
     slimkit.save(out, tmp_path / "t")
     restored = slimkit.restore(tmp_path / "t", model=DigitsCNN)
 

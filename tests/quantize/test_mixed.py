@@ -10,7 +10,7 @@ from torch import nn
 import slimkit
 from slimkit.core import Context
 from slimkit.core.errors import MethodError
-from slimkit.quantize import MixedPrecision, WeightOnlyConv2d, WeightOnlyLinear, allocate_bits
+from slimkit.quantize import MixedQuant, WeightOnlyConv2d, WeightOnlyLinear, allocate_bits
 from slimkit.quantize.mixed import format_nbytes
 from slimkit.quantize.rtn import dequantize_weight, rtn_quantize
 from slimkit.quantize.sensitivity import hutchinson_trace, measured_error_probe
@@ -101,7 +101,7 @@ def test_mixed_method_meets_budget_and_restores(tmp_path, sensitivity: str) -> N
     xs = [torch.randn(16, 1, 4, 4, generator=g) for _ in range(2)]
     ctx = Context(calib_data=xs, train_data=[(x, torch.randint(0, 10, (16,), generator=g)) for x in xs],
                   loss_fn=lambda m, b: nn.functional.cross_entropy(m(b[0]), b[1]))
-    cfg = MixedPrecision(budget_ratio=0.2, sensitivity=sensitivity, keep_float=("7",), group_size=32,
+    cfg = MixedQuant(budget_ratio=0.2, sensitivity=sensitivity, keep_float=("7",), group_size=32,
                          hutchinson_samples=4)
     q = slimkit.apply(model, cfg, ctx=ctx)
     rec = slimkit.records(q)[-1]
@@ -124,4 +124,4 @@ def test_mixed_method_meets_budget_and_restores(tmp_path, sensitivity: str) -> N
 
 def test_mixed_budget_too_small() -> None:
     with pytest.raises(MethodError, match="budget"):
-        slimkit.apply(_net(), MixedPrecision(budget_bytes=10, choices=(2, 4)), ctx=Context(calib_data=[torch.randn(2, 1, 4, 4)]))
+        slimkit.apply(_net(), MixedQuant(budget_bytes=10, choices=(2, 4)), ctx=Context(calib_data=[torch.randn(2, 1, 4, 4)]))

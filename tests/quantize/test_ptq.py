@@ -10,7 +10,7 @@ from slimkit import measure
 from slimkit.core import Context, MethodError, Targets
 from slimkit.core.errors import ConfigError
 from slimkit.quantize.int8_modules import Int8Conv2d, Int8Linear, quantize_weight
-from slimkit.quantize.ptq import CastFloat, DynamicInt8, StaticInt8
+from slimkit.quantize.ptq import CastQuant, DynamicQuant, StaticQuant
 
 pytestmark = pytest.mark.int8  # the int8 results here assume kernels that do not saturate (rerun forced to AVX2)
 
@@ -47,7 +47,7 @@ def test_quantize_weight_is_symmetric_int8_with_per_row_scales() -> None:
 def test_dynamic_int8_linear_close_to_float(per_channel: bool) -> None:
     m = _mlp()
     x = torch.randn(16, 32)
-    q = slimkit.apply(m, DynamicInt8(per_channel=per_channel), Targets())
+    q = slimkit.apply(m, DynamicQuant(per_channel=per_channel), Targets())
     assert all(isinstance(q[i], Int8Linear) for i in (0, 2))
     assert q[0].weight_int8.dtype == torch.int8
     err = _rel_err(q(x), m(x))
@@ -60,7 +60,7 @@ def test_dynamic_int8_runs_the_int8_kernel_not_dequantized_float() -> None:
     # dequantized weights; an implementation that silently dequantized would match it exactly.
     m = _mlp()
     x = torch.randn(16, 32)
-    q = slimkit.apply(m, DynamicInt8(), Targets())
+    q = slimkit.apply(m, DynamicQuant(), Targets())
     y_deq = nn.functional.linear(x, q[0].dequantized_weight(), q[0].bias)
     assert not torch.equal(q[0](x), y_deq)
     assert _rel_err(q[0](x), y_deq) < 0.02
@@ -69,7 +69,7 @@ def test_dynamic_int8_runs_the_int8_kernel_not_dequantized_float() -> None:
 def test_static_int8_cnn_close_to_float_and_calibrated() -> None:
     m = _cnn()
     calib = [torch.randn(8, 3, 8, 8) for _ in range(4)]
-    q = slimkit.apply(m, StaticInt8(), Targets(types=("Linear", "Conv2d")), Context(calib_data=calib))
+    q = slimkit.apply(m, StaticQuant(), Targets(types=("Linear", "Conv2d")), Context(calib_data=calib))
     assert isinstance(q[0], Int8Conv2d) and isinstance(q[2], Int8Conv2d) and isinstance(q[5], Int8Linear)
     x = torch.randn(16, 3, 8, 8)
     assert _rel_err(q(x), m(x)) < 0.08
@@ -84,21 +84,21 @@ def test_static_int8_cnn_close_to_float_and_calibrated() -> None:
 
 def test_static_int8_needs_calibration_data() -> None:
     with pytest.raises(MethodError, match="calib_data"):
-        slimkit.apply(_mlp(), StaticInt8(), Targets(), Context())
+        slimkit.apply(_mlp(), StaticQuant(), Targets(), Context())
     with pytest.raises(ConfigError):
-        StaticInt8(calib_batches=0)
+        StaticQuant(calib_batches=0)
 
 
 def test_targets_selecting_nothing_is_an_error() -> None:
     with pytest.raises(MethodError, match="no Linear"):
-        slimkit.apply(_mlp(), DynamicInt8(), Targets(include=("nothing*",)))
+        slimkit.apply(_mlp(), DynamicQuant(), Targets(include=("nothing*",)))
 
 
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
 def test_cast_keeps_float32_boundary(dtype: str) -> None:
     m = _cnn()
     x = torch.randn(4, 3, 8, 8)
-    c = slimkit.apply(m, CastFloat(dtype=dtype), Targets(types=("Conv2d",)))
+    c = slimkit.apply(m, CastQuant(dtype=dtype), Targets(types=("Conv2d",)))
     assert c[0].weight.dtype == getattr(torch, dtype) and c[5].weight.dtype == torch.float32
     y = c(x)
     assert y.dtype == torch.float32
@@ -107,10 +107,10 @@ def test_cast_keeps_float32_boundary(dtype: str) -> None:
 
 
 @pytest.mark.parametrize("make", [
-    lambda m: slimkit.apply(m, DynamicInt8(), Targets(types=("Linear",))),
-    lambda m: slimkit.apply(m, StaticInt8(), Targets(types=("Linear", "Conv2d")),
+    lambda m: slimkit.apply(m, DynamicQuant(), Targets(types=("Linear",))),
+    lambda m: slimkit.apply(m, StaticQuant(), Targets(types=("Linear", "Conv2d")),
                             Context(calib_data=[torch.randn(8, 3, 8, 8)])),
-    lambda m: slimkit.apply(m, CastFloat(dtype="float16"), Targets(types=("Conv2d",))),
+    lambda m: slimkit.apply(m, CastQuant(dtype="float16"), Targets(types=("Conv2d",))),
 ], ids=["dynamic", "static", "cast"])
 def test_save_restore_is_exact(make, tmp_path) -> None:
     m = _cnn()
@@ -127,7 +127,7 @@ def test_save_restore_is_exact(make, tmp_path) -> None:
 def test_int8_model_deepcopies_after_running() -> None:
     import copy
 
-    q = slimkit.apply(_mlp(), DynamicInt8(), Targets())
+    q = slimkit.apply(_mlp(), DynamicQuant(), Targets())
     x = torch.randn(2, 32)
     y = q(x)  # packs the weights
     assert torch.equal(copy.deepcopy(q)(x), y)
@@ -136,8 +136,8 @@ def test_int8_model_deepcopies_after_running() -> None:
 def test_profile_counts_int8_macs_like_float() -> None:
     m = _cnn()
     x = torch.randn(2, 3, 8, 8)
-    q = slimkit.apply(m, StaticInt8(), Targets(types=("Linear", "Conv2d")), Context(calib_data=[x]))
-    d = slimkit.apply(m, DynamicInt8(), Targets())
+    q = slimkit.apply(m, StaticQuant(), Targets(types=("Linear", "Conv2d")), Context(calib_data=[x]))
+    d = slimkit.apply(m, DynamicQuant(), Targets())
     dense = measure.count_macs(m, x)
     assert dense > 0
     assert measure.count_macs(q, x) == dense
@@ -164,7 +164,7 @@ def test_static_int8_keeps_static_same_padding_and_restores(tmp_path) -> None:
     torch.manual_seed(0)
     m = nn.Sequential(_SamePadConv(), nn.ReLU()).eval()
     x = torch.randn(4, 3, 9, 9)
-    q = slimkit.apply(m, StaticInt8(), Targets(types=("Conv2d",)), Context(calib_data=[x]))
+    q = slimkit.apply(m, StaticQuant(), Targets(types=("Conv2d",)), Context(calib_data=[x]))
     assert isinstance(q[0], Int8Conv2d) and q[0].pre_pad == (0, 1, 0, 1)
     assert q(x).shape == m(x).shape == (4, 4, 4, 4)
     assert _rel_err(q(x), m(x)) < 0.05
@@ -176,4 +176,4 @@ def test_static_int8_keeps_static_same_padding_and_restores(tmp_path) -> None:
 def test_static_int8_refuses_conv_subclass_with_unknown_forward() -> None:
     m = nn.Sequential(_OddConv(3, 4, 3)).eval()
     with pytest.raises(MethodError, match="own forward"):
-        slimkit.apply(m, StaticInt8(), Targets(types=("Conv2d",)), Context(calib_data=[torch.randn(1, 3, 6, 6)]))
+        slimkit.apply(m, StaticQuant(), Targets(types=("Conv2d",)), Context(calib_data=[torch.randn(1, 3, 6, 6)]))

@@ -12,7 +12,7 @@ import slimkit
 from slimkit.core import ConfigError, Recipe, Targets
 from slimkit.core.context import Context
 from slimkit.quantize.packed import PackedLayer
-from slimkit.quantize.qat import QAT, calibrate, lsq_quant, pact_quant, qat_layer
+from slimkit.quantize.qat import QatQuant, calibrate, lsq_quant, pact_quant, qat_layer
 
 from .lowbit_helpers import check_round_trip, inputs, tiny_ctx, tiny_model
 
@@ -66,13 +66,13 @@ def test_converted_layer_computes_what_the_trained_fake_quant_layer_computes(wei
 def test_qat_trains_steps_and_the_loss_drops(tmp_path: Path) -> None:
     ctx = tiny_ctx()
     model = tiny_model()
-    out = slimkit.apply(model, QAT(bits=2, act_bits=4, steps=60, lr=1e-2), None, ctx)
+    out = slimkit.apply(model, QatQuant(bits=2, act_bits=4, steps=60, lr=1e-2), None, ctx)
     rec = slimkit.records(out)[-1]
     assert rec.kind == "quantize.qat" and rec.summary["bits_per_weight"] == 2.0
     layers = [m for m in out.modules() if isinstance(m, PackedLayer)]
     assert len(layers) == 2 and all(set(m.codes().unique().tolist()) <= {0, 1, 2} for m in layers)
     x, y = ctx.train_data[0]  # type: ignore[index]
-    before = nn.functional.cross_entropy(slimkit.apply(model, QAT(bits=2, act_bits=4, steps=0), None, ctx)(x), y)
+    before = nn.functional.cross_entropy(slimkit.apply(model, QatQuant(bits=2, act_bits=4, steps=0), None, ctx)(x), y)
     after = nn.functional.cross_entropy(out(x), y)
     assert after < before
     check_round_trip(out, tmp_path / "qat", inputs())
@@ -93,11 +93,11 @@ steps:
 
 def test_qat_config_and_target_errors() -> None:
     with pytest.raises(ConfigError, match="bits"):
-        QAT(bits=1)
+        QatQuant(bits=1)
     with pytest.raises(ConfigError, match="act_quant"):
-        QAT.from_dict({"act_quant": "relu6"})
+        QatQuant.from_dict({"act_quant": "relu6"})
     with pytest.raises(slimkit.core.MethodError, match="no Linear or Conv2d"):
-        slimkit.apply(tiny_model(), QAT(steps=0, act_quant="none"), Targets(include=("nothing",)), tiny_ctx())
+        slimkit.apply(tiny_model(), QatQuant(steps=0, act_quant="none"), Targets(include=("nothing",)), tiny_ctx())
 
 
 def test_qat_trains_through_the_distillation_engine(tmp_path: Path) -> None:
@@ -108,10 +108,10 @@ def test_qat_trains_through_the_distillation_engine(tmp_path: Path) -> None:
     ctx = tiny_ctx()
     teacher = tiny_model(seed=3)
     ctx.teacher = teacher
-    out = slimkit.apply(tiny_model(), QAT(bits=3, act_bits=8, steps=200, lr=1e-2, kd_alpha=1.0, kd_temperature=2.0),
+    out = slimkit.apply(tiny_model(), QatQuant(bits=3, act_bits=8, steps=200, lr=1e-2, kd_alpha=1.0, kd_temperature=2.0),
                         None, ctx)
     x = inputs(4096)
-    untrained = slimkit.apply(tiny_model(), QAT(bits=3, act_bits=8, steps=0), None, ctx)
+    untrained = slimkit.apply(tiny_model(), QatQuant(bits=3, act_bits=8, steps=0), None, ctx)
 
     def agree(m: nn.Module) -> float:
         with torch.no_grad():
@@ -121,6 +121,6 @@ def test_qat_trains_through_the_distillation_engine(tmp_path: Path) -> None:
     assert all(isinstance(m, PackedLayer) for m in (out[0], out[4]))
     check_round_trip(out, tmp_path / "kd", inputs())
     with pytest.raises(slimkit.core.MethodError, match="teacher"):
-        slimkit.apply(tiny_model(), QAT(steps=2, kd_alpha=0.5), None, tiny_ctx())
+        slimkit.apply(tiny_model(), QatQuant(steps=2, kd_alpha=0.5), None, tiny_ctx())
     with pytest.raises(ConfigError, match="kd_alpha"):
-        QAT(kd_alpha=1.5)
+        QatQuant(kd_alpha=1.5)

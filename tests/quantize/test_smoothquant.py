@@ -9,7 +9,7 @@ from transformers import BertConfig, BertModel
 import slimkit
 from slimkit.core import Context, Targets
 from slimkit.core.errors import ConfigError, MethodError
-from slimkit.quantize import SmoothedLinear, SmoothQuant, WeightOnly, WeightOnlyLinear, smooth_scales
+from slimkit.quantize import SmoothedLinear, SmoothQuant, WeightOnlyQuant, WeightOnlyLinear, smooth_scales
 from slimkit.quantize.affine import fake_quant, qparams
 from slimkit.quantize.smoothquant import smooth_linear
 
@@ -98,7 +98,7 @@ def test_smoothquant_then_weight_only_restores(tmp_path) -> None:
     model = _Wrap()
     ctx = Context(calib_data=_batches(2))
     q = slimkit.apply(model, SmoothQuant(alpha=0.5), Targets(types=("Linear",)), ctx)
-    q = slimkit.apply(q, WeightOnly(bits=8), Targets(types=("Linear",)), ctx)
+    q = slimkit.apply(q, WeightOnlyQuant(bits=8), Targets(types=("Linear",)), ctx)
     inner = q.bert.encoder.layer[1].intermediate.dense
     assert isinstance(inner, SmoothedLinear) and isinstance(inner.linear, WeightOnlyLinear)
     slimkit.save(q, tmp_path)

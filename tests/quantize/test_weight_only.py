@@ -8,7 +8,7 @@ from torch import nn
 import slimkit
 from slimkit.core import Context, Targets
 from slimkit.core.errors import ConfigError, MethodError
-from slimkit.quantize import WeightOnly, WeightOnlyConv2d, WeightOnlyLinear
+from slimkit.quantize import WeightOnlyQuant, WeightOnlyConv2d, WeightOnlyLinear
 from slimkit.quantize.awq import awq_scales
 from slimkit.quantize.gptq import HessianAccumulator, gptq_quantize, hessian_from_inputs
 from slimkit.quantize.rtn import dequantize_weight, output_error, rtn_quantize
@@ -105,7 +105,7 @@ def _mlp() -> nn.Module:
 def test_method_save_restore(tmp_path, algorithm: str, bits: int, group_size: int | None) -> None:
     model = _mlp()
     calib = [correlated_inputs(32, 64, seed=i) for i in range(4)]
-    q = slimkit.apply(model, WeightOnly(bits=bits, group_size=group_size, algorithm=algorithm),
+    q = slimkit.apply(model, WeightOnlyQuant(bits=bits, group_size=group_size, algorithm=algorithm),
                       ctx=Context(calib_data=calib))
     assert isinstance(q[0], WeightOnlyLinear) and isinstance(model[0], nn.Linear)  # caller's model untouched
     rec = slimkit.records(q)[-1]
@@ -125,11 +125,11 @@ def test_method_save_restore(tmp_path, algorithm: str, bits: int, group_size: in
 
 def test_calibrated_algorithms_need_calib_data() -> None:
     with pytest.raises(MethodError, match="calib_data"):
-        slimkit.apply(_mlp(), WeightOnly(bits=4, algorithm="gptq"))
+        slimkit.apply(_mlp(), WeightOnlyQuant(bits=4, algorithm="gptq"))
     with pytest.raises(ConfigError, match="bits"):
-        WeightOnly(bits=1)
+        WeightOnlyQuant(bits=1)
     with pytest.raises(MethodError, match="group_size"):
-        slimkit.apply(_mlp(), WeightOnly(bits=4, group_size=48))
+        slimkit.apply(_mlp(), WeightOnlyQuant(bits=4, group_size=48))
 
 
 def test_gptq_beats_rtn_through_the_method() -> None:
@@ -139,7 +139,7 @@ def test_gptq_beats_rtn_through_the_method() -> None:
     x = torch.cat(calib)
     errs = {}
     for algo in ("rtn", "gptq"):
-        q = slimkit.apply(model, WeightOnly(bits=3, algorithm=algo), Targets(include=("0",)), ctx)
+        q = slimkit.apply(model, WeightOnlyQuant(bits=3, algorithm=algo), Targets(include=("0",)), ctx)
         with torch.no_grad():
             errs[algo] = float(((q[0](x) - model[0](x)) ** 2).mean())
     assert errs["gptq"] < errs["rtn"]
@@ -151,7 +151,7 @@ def test_conv2d_rtn_and_unused_layer_falls_back(tmp_path) -> None:
         return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 16, 16))
 
     model = make()
-    q = slimkit.apply(model, WeightOnly(bits=4))
+    q = slimkit.apply(model, WeightOnlyQuant(bits=4))
     assert isinstance(q[0], WeightOnlyConv2d)
     x = torch.randn(2, 3, 4, 4)
     with torch.no_grad():
@@ -168,6 +168,6 @@ def test_conv2d_rtn_and_unused_layer_falls_back(tmp_path) -> None:
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             return self.used(x)
 
-    g = slimkit.apply(WithUnused(), WeightOnly(bits=4, algorithm="gptq"), ctx=Context(calib_data=[torch.randn(4, 8)]))
+    g = slimkit.apply(WithUnused(), WeightOnlyQuant(bits=4, algorithm="gptq"), ctx=Context(calib_data=[torch.randn(4, 8)]))
     layers = slimkit.records(g)[-1].data["layers"]
     assert layers["used"]["algorithm"] == "gptq" and layers["unused"]["algorithm"] == "rtn"

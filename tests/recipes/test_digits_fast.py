@@ -13,7 +13,7 @@ import torch
 
 import slimkit
 from slimkit import measure, zoo
-from slimkit.cli.pipeline import context_for
+from slimkit.app.pipeline import context_for
 from slimkit.core import Recipe
 from slimkit.quantize.packed import PackedLayer
 
@@ -23,7 +23,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def test_preset_loads_with_the_documented_steps() -> None:
     r = Recipe.load("digits-fast")
     assert [s.config.kind for s in r.steps] == [
-        "prune.channel", "distill.logits", "prune.gradual", "quantize.fold-bn", "quantize.kmeans"]
+        "prune.channel", "distill.logits", "prune.gradual", "quantize.fold_bn", "quantize.kmeans"]
     assert r.description and "prune.channel" in r.description
     again = Recipe.from_dict(r.to_dict())  # round-trips through its dict form
     assert again.to_dict() == r.to_dict()

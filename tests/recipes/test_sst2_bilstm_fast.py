@@ -59,7 +59,7 @@ def test_preset_steps_run_on_a_tiny_stand_in(tmp_path: Path) -> None:
 def test_preset_on_the_zoo_model_keeps_accuracy(data_dir: Path) -> None:
     """Full preset on zoo:sst2-bilstm (trained and cached on first use): within 1 point of fp32."""
     from slimkit import zoo
-    from slimkit.cli.pipeline import context_for
+    from slimkit.app.pipeline import context_for
 
     zm = zoo.load("zoo:sst2-bilstm")
     task = zoo.get_task("sst2")

@@ -9,7 +9,7 @@ from torch import nn
 
 import slimkit
 from slimkit.core import ConfigError, Context, MethodError, Targets
-from slimkit.share.vocab import TrimmedEmbedding, VocabTrim, token_counts
+from slimkit.share.vocab import TrimmedEmbedding, VocabPrune, token_counts
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -42,7 +42,7 @@ def corpus() -> list:
 
 def trimmed(**options) -> tuple[nn.Module, nn.Module]:
     model = Tiny()
-    out = slimkit.apply(model, VocabTrim(**{**SMALL, **options}), ctx=Context(calib_data=corpus(), progress=False))
+    out = slimkit.apply(model, VocabPrune(**{**SMALL, **options}), ctx=Context(calib_data=corpus(), progress=False))
     return model, out
 
 
@@ -93,7 +93,7 @@ def test_coverage_counts_token_occurrences() -> None:
     (rec,) = slimkit.records(out)
     assert rec.data["kept"] == [0, 1, 3, 5] and rec.summary["coverage"] == 0.75
     model = Tiny()
-    out = slimkit.apply(model, VocabTrim(keep_ids=(1, 2), **SMALL))  # explicit ids and no data
+    out = slimkit.apply(model, VocabPrune(keep_ids=(1, 2), **SMALL))  # explicit ids and no data
     assert slimkit.records(out)[0].summary["coverage"] is None
 
 
@@ -110,24 +110,24 @@ def test_save_restore_round_trip(tmp_path: Path) -> None:
 def test_targets_choose_the_tables() -> None:
     model = Tiny()
     ctx = Context(calib_data=corpus(), progress=False)
-    out = slimkit.apply(model, VocabTrim(**SMALL), Targets(include=("emb",)), ctx)
+    out = slimkit.apply(model, VocabPrune(**SMALL), Targets(include=("emb",)), ctx)
     assert isinstance(out.emb, TrimmedEmbedding)
     with pytest.raises(MethodError, match="different vocabulary sizes"):
-        slimkit.apply(model, VocabTrim(**SMALL), Targets(types=("Embedding",)), ctx)
+        slimkit.apply(model, VocabPrune(**SMALL), Targets(types=("Embedding",)), ctx)
     with pytest.raises(MethodError, match="no nn.Embedding"):
-        slimkit.apply(model, VocabTrim(**SMALL), Targets(include=("fc",)), ctx)
+        slimkit.apply(model, VocabPrune(**SMALL), Targets(include=("fc",)), ctx)
 
 
 def test_errors_are_clear() -> None:
     model = Tiny()
     ctx = Context(calib_data=corpus(), progress=False)
     with pytest.raises(MethodError, match="unk_id 100 is not kept"):
-        slimkit.apply(model, VocabTrim(), ctx=ctx)  # BERT's unk_id does not exist in 50 ids
+        slimkit.apply(model, VocabPrune(), ctx=ctx)  # BERT's unk_id does not exist in 50 ids
     with pytest.raises(MethodError, match="needs keep_ids or a corpus"):
-        slimkit.apply(model, VocabTrim(**SMALL), ctx=Context(calib_data=[torch.randn(2, 3)], progress=False))
+        slimkit.apply(model, VocabPrune(**SMALL), ctx=Context(calib_data=[torch.randn(2, 3)], progress=False))
     with pytest.raises(MethodError, match="outside the vocabulary"):
-        slimkit.apply(model, VocabTrim(keep_ids=(1, 50), **SMALL))
+        slimkit.apply(model, VocabPrune(keep_ids=(1, 50), **SMALL))
     with pytest.raises(ConfigError, match="min_count"):
-        VocabTrim(min_count=0)
+        VocabPrune(min_count=0)
     with pytest.raises(ConfigError, match="keep_ids"):
-        VocabTrim(keep_ids=(-1,))
+        VocabPrune(keep_ids=(-1,))

@@ -236,11 +236,11 @@ def _structured(spec: Spec, method: str) -> str:
 
 
 def _layers(spec: Spec, method: str) -> str:
-    from slimkit.prune import LayerDrop
+    from slimkit.prune import LayerPrune
 
     model, batch = spec.factory()
     ref = reference(model, batch)
-    pruned = slimkit.apply(model, LayerDrop(drop=(0,)), slimkit.Targets(include=spec.layer_targets),
+    pruned = slimkit.apply(model, LayerPrune(drop=(0,)), slimkit.Targets(include=spec.layer_targets),
                            slimkit.Context(example_inputs=batch))
     out = forward(pruned, batch)
     if out.shape != ref.shape or not torch.isfinite(out).all():
@@ -268,11 +268,11 @@ def _magnitude(spec: Spec, method: str) -> str:
 
 
 def _quantize(spec: Spec, method: str) -> str:
-    from slimkit.quantize.ptq import DynamicInt8, StaticInt8
+    from slimkit.quantize.ptq import DynamicQuant, StaticQuant
 
     model, batch = spec.factory()
     ref = reference(model, batch)
-    config = DynamicInt8() if method == "quantize.dynamic" else StaticInt8()
+    config = DynamicQuant() if method == "quantize.dynamic" else StaticQuant()
     q = slimkit.apply(model, config, ctx=slimkit.Context(example_inputs=batch, calib_data=calib_batches(batch)))
     detail = check_int8(forward(q, batch), ref, method)
     check_restore(q, spec, batch)
@@ -280,7 +280,7 @@ def _quantize(spec: Spec, method: str) -> str:
 
 
 def _onnx(spec: Spec, method: str) -> str:
-    from slimkit.export.artifact import OnnxExport
+    from slimkit.export.onnx import OnnxExport
     from slimkit.export.onnx import OrtModel
 
     model, batch = spec.factory()

@@ -32,7 +32,7 @@ RUNS: dict[str, tuple[dict[str, Any], dict[str, Any], int]] = {
     "distill.embedding": ({"steps": 3, "loss": "mse"}, {}, 1),
     "prune.gradual": ({"sparsity": 0.6, "steps": 4, "every": 1}, WEIGHTS, 1),
     "prune.movement": ({"sparsity": 0.6, "steps": 4, "every": 1}, WEIGHTS, 1),
-    "prune.grow-prune": ({"sparsity": 0.6, "steps": 4, "every": 2}, WEIGHTS, 1),
+    "prune.regrow": ({"sparsity": 0.6, "steps": 4, "every": 2}, WEIGHTS, 1),
     "prune.dsd": ({"sparsity": 0.5, "sparse_steps": 3, "redense_steps": 2}, WEIGHTS, 2),  # sparse, then re-dense
     "quantize.qat": ({"bits": 4, "steps": 3, "calib_batches": 2}, WEIGHTS, 1),
     "quantize.binary": ({"mode": "xnor", "steps": 3}, WEIGHTS, 1),

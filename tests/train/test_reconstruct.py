@@ -7,7 +7,7 @@ from torch import nn
 import slimkit
 from slimkit.core import Context, MethodError, Targets
 from slimkit.prune import ChannelPrune
-from slimkit.train import Reconstruct, ridge_refit
+from slimkit.train import ReconstructTrain, ridge_refit
 
 
 def test_ridge_refit_recovers_a_linear_map_and_ridge_pulls_to_w0() -> None:
@@ -40,7 +40,7 @@ def test_refit_after_channel_pruning_moves_outputs_back_towards_the_unpruned_mod
     pruned = slimkit.apply(teacher, ChannelPrune(ratio=0.5), Targets(include=("0",)),
                            Context(example_inputs=calib[0]))
     assert pruned[4].in_features == 8  # physically pruned
-    fixed = slimkit.apply(pruned, Reconstruct(ridge=1e-3), Targets(include=("4",)),
+    fixed = slimkit.apply(pruned, ReconstructTrain(ridge=1e-3), Targets(include=("4",)),
                           Context(teacher=teacher, calib_data=calib))
     with torch.no_grad():
         ref = teacher(held_out)
@@ -56,9 +56,9 @@ def test_refit_after_channel_pruning_moves_outputs_back_towards_the_unpruned_mod
 def test_clear_errors() -> None:
     calib = [torch.randn(4, 3, 8, 8)]
     with pytest.raises(MethodError, match="teacher"):
-        slimkit.apply(_net(), Reconstruct(), Targets(include=("4",)), Context(calib_data=calib))
+        slimkit.apply(_net(), ReconstructTrain(), Targets(include=("4",)), Context(calib_data=calib))
     with pytest.raises(MethodError, match="only input channels"):
         other = nn.Sequential(*list(_net())[:4], nn.Linear(16, 7)).eval()
-        slimkit.apply(_net(), Reconstruct(), Targets(include=("4",)), Context(teacher=other, calib_data=calib))
+        slimkit.apply(_net(), ReconstructTrain(), Targets(include=("4",)), Context(teacher=other, calib_data=calib))
     with pytest.raises(MethodError, match="1x1"):
-        slimkit.apply(_net(), Reconstruct(), Targets(include=("0",)), Context(teacher=_net(), calib_data=calib))
+        slimkit.apply(_net(), ReconstructTrain(), Targets(include=("0",)), Context(teacher=_net(), calib_data=calib))

@@ -6,7 +6,7 @@ from torch import nn
 
 import slimkit
 from slimkit.core import Context, MethodError
-from slimkit.train import BatchNormRecalibrate
+from slimkit.train import BnRecalibrateTrain
 
 
 def _net() -> nn.Module:
@@ -18,7 +18,7 @@ def _net() -> nn.Module:
 def test_running_stats_become_the_calibration_statistics() -> None:
     model = _net().eval()
     x = torch.randn(16, 3, 6, 6) * 3 + 1
-    out = slimkit.apply(model, BatchNormRecalibrate(batches=4), ctx=Context(calib_data=[x]))
+    out = slimkit.apply(model, BnRecalibrateTrain(batches=4), ctx=Context(calib_data=[x]))
     with torch.no_grad():
         h = out[0](x)  # [16, 8, 6, 6] input of the first BN
     torch.testing.assert_close(out[1].running_mean, h.mean(dim=(0, 2, 3)))
@@ -30,6 +30,6 @@ def test_running_stats_become_the_calibration_statistics() -> None:
 
 def test_needs_calibration_data_and_batchnorm() -> None:
     with pytest.raises(MethodError, match="calib_data"):
-        slimkit.apply(_net(), BatchNormRecalibrate())
+        slimkit.apply(_net(), BnRecalibrateTrain())
     with pytest.raises(MethodError, match="no BatchNorm"):
-        slimkit.apply(nn.Sequential(nn.Linear(2, 2)), BatchNormRecalibrate(), ctx=Context(calib_data=[torch.randn(1, 2)]))
+        slimkit.apply(nn.Sequential(nn.Linear(2, 2)), BnRecalibrateTrain(), ctx=Context(calib_data=[torch.randn(1, 2)]))

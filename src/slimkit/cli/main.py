@@ -192,7 +192,7 @@ def _bench(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from ..export.cli import export_artifact
+    from ..app.export import export_artifact
 
     doc = export_artifact(args.dir, out=args.out, int8=args.int8, exclude=tuple(args.exclude), task_name=args.task,
                           fmt=args.format, trust_code=args.trust_code)

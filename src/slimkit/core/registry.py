@@ -8,7 +8,7 @@ Handlers register themselves with a decorator beside their definition::
     @register_replay(ChannelPrune)
     def replay_channels(model, record) -> None: ...   # rebuild structure, no data needed
 
-There is no import-walking: ``slimkit.methods`` imports the modules that register.
+There is no import-walking: ``slimkit.catalog`` imports the modules that register.
 """
 from __future__ import annotations
 

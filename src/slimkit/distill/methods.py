@@ -41,7 +41,7 @@ _TrainOptions = TrainOptions
 
 
 @method_config
-class DistillLogits(TrainOptions):
+class LogitsDistill(TrainOptions):
     """Hinton KD: ``alpha * T^2 * KL(teacher/T || student/T) + (1 - alpha) * CE(student, labels)``."""
 
     kind = "distill.logits"
@@ -58,7 +58,7 @@ class DistillLogits(TrainOptions):
 
 
 @method_config
-class DistillEmbedding(TrainOptions):
+class EmbeddingDistill(TrainOptions):
     """Match the teacher's sentence embeddings: ``loss: cosine`` (``1 - cos``) or ``mse``."""
 
     kind = "distill.embedding"
@@ -92,8 +92,8 @@ def _record(kind: str, r: TrainResult) -> Record:
     return Record(kind=kind, data=data, summary={"steps": r.steps, "final_loss": final, "best_metric": r.best_metric})
 
 
-@register_method(DistillLogits)
-def distill_logits(model: nn.Module, config: DistillLogits, targets: Targets, ctx: Context) -> Record:
+@register_method(LogitsDistill)
+def distill_logits(model: nn.Module, config: LogitsDistill, targets: Targets, ctx: Context) -> Record:
     data = ctx.need("train_data", config.kind)
 
     def loss(s_out: torch.Tensor, t_out: Any, batch: Any) -> torch.Tensor:
@@ -108,7 +108,7 @@ def distill_logits(model: nn.Module, config: DistillLogits, targets: Targets, ct
     return _record(config.kind, _run(model, config, ctx, data, loss, cache))
 
 
-def _embedding_data(config: DistillEmbedding, ctx: Context) -> Any:
+def _embedding_data(config: EmbeddingDistill, ctx: Context) -> Any:
     order = {"auto": ("unlabeled_data", "train_data", "calib_data"), "unlabeled": ("unlabeled_data",),
              "train": ("train_data",), "calib": ("calib_data",)}[config.data]
     for attr in order:
@@ -152,8 +152,8 @@ def token_cosine_loss(s: torch.Tensor, t: torch.Tensor, mask: torch.Tensor | Non
     return ((1 - cos) * m).sum() / m.sum().clamp(min=1)
 
 
-@register_method(DistillEmbedding)
-def distill_embedding(model: nn.Module, config: DistillEmbedding, targets: Targets, ctx: Context) -> Record:
+@register_method(EmbeddingDistill)
+def distill_embedding(model: nn.Module, config: EmbeddingDistill, targets: Targets, ctx: Context) -> Record:
     data = _embedding_data(config, ctx)
     teacher = ctx.teacher
     if teacher is None:
@@ -186,5 +186,5 @@ def distill_embedding(model: nn.Module, config: DistillEmbedding, targets: Targe
     return _record(config.kind, _run(student, config, run_ctx, data, loss, cache, names_of=model))
 
 
-__all__ = ["DistillEmbedding", "DistillLogits", "_TrainOptions", "block_pairs", "distill_embedding", "distill_logits",
+__all__ = ["EmbeddingDistill", "LogitsDistill", "_TrainOptions", "block_pairs", "distill_embedding", "distill_logits",
            "frozen_parameters", "token_cosine_loss"]

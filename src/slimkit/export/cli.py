@@ -24,7 +24,7 @@ def export_artifact(path: Path, *, out: Path | None = None, int8: Int8Mode | Non
     ``path`` is added to the manifest's file hashes, so later loads can check it.
     """
     from .. import zoo
-    from ..cli.pipeline import load_artifact
+    from ..app.pipeline import load_artifact
     from ..core.errors import ConfigError, MethodError
     from ..core.safety import seal
 

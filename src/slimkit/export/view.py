@@ -6,7 +6,7 @@ fields), decoders build a KV cache unless told not to, and encoder-decoders need
 inputs a served encoder never sees. An exporter needs a graph from a fixed set of named
 tensors to one tensor, and the checks must compare exactly what the graph computes, so
 :class:`ExportView` is built once per export and handed to ``torch.onnx.export``,
-``torch.export`` and :func:`~slimkit.export.artifact.deviation` alike.
+``torch.export`` and :func:`~slimkit.export.onnx.deviation` alike.
 
 Its ``forward`` has an explicit signature (the batch's input names): the TorchScript ONNX
 exporter pads missing positional parameters with their defaults, which on HF models

@@ -17,20 +17,20 @@ __all__ += [
 from .hooks import PenaltyHook, ProximalHook, SparsityHook, fine_tune  # noqa: E402
 from .regularizers import Regularizer, ReweightedL1Prox  # noqa: E402
 from .schedules import DSD, Cubic, GrowPrune, NarangRamp, OneShot, Schedule  # noqa: E402
-from .gradual import DSDTrain, GradualPrune, GrowPrunePrune, MovementPrune  # noqa: E402
+from .gradual import DsdPrune, GradualPrune, RegrowPrune, MovementPrune  # noqa: E402
 from .unstructured import BlockPrune, NMPrune, ObdPrune, SparseGPTPrune, WandaPrune  # noqa: E402
 
 __all__ += [
     "PenaltyHook", "ProximalHook", "SparsityHook", "fine_tune", "Regularizer", "ReweightedL1Prox", "Schedule", "OneShot", "Cubic", "NarangRamp",
-    "DSD", "GrowPrune", "BlockPrune", "DSDTrain", "GradualPrune", "GrowPrunePrune", "MovementPrune", "NMPrune",
+    "DSD", "GrowPrune", "BlockPrune", "DsdPrune", "GradualPrune", "RegrowPrune", "MovementPrune", "NMPrune",
     "ObdPrune", "SparseGPTPrune", "WandaPrune",
 ]
 
-from .layers import LayerDrop  # noqa: E402
-from .merge import NeuronMerge, merge_plan  # noqa: E402
+from .layers import LayerPrune  # noqa: E402
+from .merge import MergePrune, merge_plan  # noqa: E402
 
-__all__ += ["LayerDrop", "NeuronMerge", "merge_plan"]
+__all__ += ["LayerPrune", "MergePrune", "merge_plan"]
 from .structured import ChannelPrune, HeadPrune  # noqa: E402  (structured pruning with surgery)
 
 __all__ += ["ChannelPrune", "HeadPrune"]
-# train.bn_recalibrate and train.reconstruct live in slimkit.train (BatchNormRecalibrate, Reconstruct)
+# train.bn_recalibrate and train.reconstruct live in slimkit.train (BnRecalibrateTrain, Reconstruct)

@@ -2,7 +2,7 @@
 
 ``prune.gradual`` (AGP: magnitude with the Zhu & Gupta cubic schedule, or Narang et al.'s
 threshold ramp), ``prune.movement`` (Sanh et al.: the cubic schedule on movement scores),
-``prune.grow-prune`` (RigL at constant sparsity) and ``prune.dsd`` (dense-sparse-dense,
+``prune.regrow`` (RigL at constant sparsity) and ``prune.dsd`` (dense-sparse-dense,
 which ends dense). Each is a :class:`~slimkit.prune.hooks.SparsityHook` with a schedule from
 :mod:`.schedules`, run as a step hook of the one training engine
 (:func:`slimkit.train.engine.train`); the configs inherit its loop options
@@ -131,10 +131,10 @@ register_method(MovementPrune)(_gradual)
 
 
 @method_config
-class GrowPrunePrune(_PruneTraining):
+class RegrowPrune(_PruneTraining):
     """Grow-and-prune at constant sparsity (RigL): magnitude mask, then periodic drop-small / regrow-by-gradient."""
 
-    kind = "prune.grow-prune"
+    kind = "prune.regrow"
 
     sparsity: float = 0.9
     every: int = 50
@@ -149,8 +149,8 @@ class GrowPrunePrune(_PruneTraining):
         self._require(0.0 < self.end <= 1.0, "end", "a float in (0, 1]", self.end)
 
 
-@register_method(GrowPrunePrune)
-def grow_prune(model: nn.Module, config: GrowPrunePrune, targets: Targets, ctx: Context) -> Record:
+@register_method(RegrowPrune)
+def grow_prune(model: nn.Module, config: RegrowPrune, targets: Targets, ctx: Context) -> Record:
     sched = GrowPrune(sparsity=config.sparsity, every=config.every, end=int(config.end * config.steps),
                       alpha=config.alpha)
     hook = SparsityHook(model, sched, targets=targets)
@@ -161,7 +161,7 @@ def grow_prune(model: nn.Module, config: GrowPrunePrune, targets: Targets, ctx: 
 
 
 @method_config
-class DSDTrain(_PruneTraining):
+class DsdPrune(_PruneTraining):
     """Dense-sparse-dense training (Han et al. 2017): dense, then masked at ``sparsity``, then dense again at lr/10.
 
     The result is dense: DSD is a regulariser for accuracy, not a compression step. Its
@@ -191,8 +191,8 @@ class DSDTrain(_PruneTraining):
                       "an int below dense_steps + sparse_steps", self.warmup)
 
 
-@register_method(DSDTrain)
-def dsd_train(model: nn.Module, config: DSDTrain, targets: Targets, ctx: Context) -> Record:
+@register_method(DsdPrune)
+def dsd_train(model: nn.Module, config: DsdPrune, targets: Targets, ctx: Context) -> Record:
     first = config.dense_steps + config.sparse_steps
     sched = DSD(sparsity=config.sparsity, sparse_at=config.dense_steps, dense_at=first)
     hook = SparsityHook(model, sched, targets=targets)
@@ -209,4 +209,4 @@ def dsd_train(model: nn.Module, config: DSDTrain, targets: Targets, ctx: Context
                             final_loss=tail_mean(losses))
 
 
-__all__ = ["DSDTrain", "GradualPrune", "GrowPrunePrune", "MovementPrune", "regularizer_hooks", "sparsity_schedule"]
+__all__ = ["DsdPrune", "GradualPrune", "RegrowPrune", "MovementPrune", "regularizer_hooks", "sparsity_schedule"]

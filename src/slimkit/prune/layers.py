@@ -49,7 +49,7 @@ _DEPTH_KEYS = ("num_hidden_layers", "n_layer", "num_layers")
 
 
 @method_config
-class LayerDrop(MethodConfig):
+class LayerPrune(MethodConfig):
     """Drop whole transformer blocks: an explicit list, or keep every k-th block."""
 
     kind = "prune.layers"
@@ -65,7 +65,7 @@ class LayerDrop(MethodConfig):
             self._require(self.keep_every >= 1, "keep_every", "an int >= 1", self.keep_every)
 
 
-def kept_blocks(n: int, config: LayerDrop) -> list[int]:
+def kept_blocks(n: int, config: LayerPrune) -> list[int]:
     """Indices of the blocks kept out of ``n``.
 
     ``keep_every=k`` keeps blocks ``k-1, 2k-1, ...`` (counting so the last block of a
@@ -200,8 +200,8 @@ def check_droppable(model: nn.Module, path: str, dropped: list[int], batch: Any,
                               f"{list(y)}; only blocks that keep the shape of their input can be dropped")
 
 
-@register_method(LayerDrop)
-def drop_layers(model: nn.Module, config: LayerDrop, targets: Targets, ctx: Context) -> Record:
+@register_method(LayerPrune)
+def drop_layers(model: nn.Module, config: LayerPrune, targets: Targets, ctx: Context) -> Record:
     params_before = sum(p.numel() for p in model.parameters())
     lists: dict[str, dict[str, Any]] = {}
     batch = ctx.example_inputs if ctx.example_inputs is not None else next(iter(ctx.calib_data or []), None)
@@ -229,7 +229,7 @@ def drop_layers(model: nn.Module, config: LayerDrop, targets: Targets, ctx: Cont
     )
 
 
-@register_replay(LayerDrop)
+@register_replay(LayerPrune)
 def replay_layers(model: nn.Module, record: Record) -> None:
     for path, info in record.data["lists"].items():
         n = len(_block_list(model, path))
@@ -241,4 +241,4 @@ def replay_layers(model: nn.Module, record: Record) -> None:
         drop_blocks(model, path, kept)
 
 
-__all__ = ["LayerDrop", "drop_blocks", "find_block_lists", "kept_blocks"]
+__all__ = ["LayerPrune", "drop_blocks", "find_block_lists", "kept_blocks"]

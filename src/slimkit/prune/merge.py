@@ -80,7 +80,7 @@ def merge_plan(w_in: Tensor, b_in: Tensor | None, w_out: Tensor, n_remove: int) 
 
 
 @method_config
-class NeuronMerge(MethodConfig):
+class MergePrune(MethodConfig):
     """Merge redundant hidden neurons of Linear -> activation -> Linear pairs (data-free)."""
 
     kind = "prune.merge"
@@ -168,8 +168,8 @@ def shrink_pair(first: nn.Module, second: nn.Module, kept: Tensor, w_out_new: Te
     setattr(second, "nx" if _is_conv1d(second) else "in_features", len(kept))
 
 
-@register_method(NeuronMerge)
-def merge_neurons(model: nn.Module, config: NeuronMerge, targets: Targets, ctx: Context) -> Record:
+@register_method(MergePrune)
+def merge_neurons(model: nn.Module, config: MergePrune, targets: Targets, ctx: Context) -> Record:
     pairs = [(f, s) for f, s in find_pairs(model) if targets.matches(f, model.get_submodule(f))]
     if not pairs:
         raise MethodError(f"{config.kind}: found no Linear -> activation -> Linear pair among the targets "
@@ -194,7 +194,7 @@ def merge_neurons(model: nn.Module, config: NeuronMerge, targets: Targets, ctx: 
     )
 
 
-@register_replay(NeuronMerge)
+@register_replay(MergePrune)
 def replay_merge(model: nn.Module, record: Record) -> None:
     for first_name, info in record.data["pairs"].items():
         first, second = model.get_submodule(first_name), model.get_submodule(info["second"])
@@ -205,4 +205,4 @@ def replay_merge(model: nn.Module, record: Record) -> None:
         shrink_pair(first, second, torch.tensor(kept, dtype=torch.long))
 
 
-__all__ = ["NeuronMerge", "find_pairs", "merge_plan", "shrink_pair"]
+__all__ = ["MergePrune", "find_pairs", "merge_plan", "shrink_pair"]

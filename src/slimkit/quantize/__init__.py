@@ -82,15 +82,15 @@ __all__ = [
 # Weight-only (RTN / GPTQ / AWQ), SmoothQuant, mixed precision (HAWQ-style).
 from .awq import awq_scales  # noqa: E402
 from .gptq import gptq_quantize, hessian_from_inputs  # noqa: E402
-from .mixed import MixedPrecision, allocate_bits  # noqa: E402
+from .mixed import MixedQuant, allocate_bits  # noqa: E402
 from .rtn import dequantize_weight, rtn_quantize  # noqa: E402
 from .sensitivity import hutchinson_trace, layer_traces, measured_error_probe  # noqa: E402
 from .smoothquant import SmoothedLinear, SmoothQuant, smooth_scales  # noqa: E402
-from .weight_only import WeightOnly  # noqa: E402
+from .weight_only import WeightOnlyQuant  # noqa: E402
 from .wo_modules import WeightOnlyConv2d, WeightOnlyLinear  # noqa: E402
 
 __all__ += [
-    "MixedPrecision", "SmoothQuant", "SmoothedLinear", "WeightOnly", "WeightOnlyConv2d", "WeightOnlyLinear",
+    "MixedQuant", "SmoothQuant", "SmoothedLinear", "WeightOnlyQuant", "WeightOnlyConv2d", "WeightOnlyLinear",
     "allocate_bits", "awq_scales", "dequantize_weight", "gptq_quantize", "hessian_from_inputs",
     "hutchinson_trace", "layer_traces", "measured_error_probe", "rtn_quantize", "smooth_scales",
 ]

@@ -1,4 +1,4 @@
-"""Fold BatchNorm into the preceding Conv2d / Linear: ``quantize.fold-bn``.
+"""Fold BatchNorm into the preceding Conv2d / Linear: ``quantize.fold_bn``.
 
 In eval mode ``BN(conv(x)) = conv'(x)`` with ``w' = w * g`` and ``b' = (b - mean) * g + beta``,
 ``g = gamma / sqrt(var + eps)`` per output channel. Deployment folds BN before quantising
@@ -65,15 +65,15 @@ def fold_into(layer: nn.Conv2d | nn.Linear, bn: nn.BatchNorm2d | nn.BatchNorm1d)
 
 
 @method_config
-class FoldBN(MethodConfig):
+class FoldBnQuant(MethodConfig):
     """Fold each BatchNorm into the Conv2d / Linear right before it (eval-mode statistics)."""
 
-    kind = "quantize.fold-bn"
+    kind = "quantize.fold_bn"
     stage = "shrink"
 
 
-@register_method(FoldBN)
-def fold_bn(model: nn.Module, config: FoldBN, targets: Targets, ctx: Context) -> Record:
+@register_method(FoldBnQuant)
+def fold_bn(model: nn.Module, config: FoldBnQuant, targets: Targets, ctx: Context) -> Record:
     pairs = [(a, b) for a, b in fold_pairs(model) if targets.matches(a, model.get_submodule(a))
              or not targets.types and targets.matches(b, model.get_submodule(b))]
     for layer_name, bn_name in pairs:
@@ -84,7 +84,7 @@ def fold_bn(model: nn.Module, config: FoldBN, targets: Targets, ctx: Context) ->
                   summary={"folded": len(pairs), "unfolded_bn": len(left)})
 
 
-@register_replay(FoldBN)
+@register_replay(FoldBnQuant)
 def replay_fold_bn(model: nn.Module, record: Record) -> None:
     for layer_name, bn_name in record.data["pairs"]:
         layer = model.get_submodule(layer_name)
@@ -93,4 +93,4 @@ def replay_fold_bn(model: nn.Module, record: Record) -> None:
         swap(model, bn_name, nn.Identity())
 
 
-__all__ = ["FoldBN", "fold_into", "fold_pairs"]
+__all__ = ["FoldBnQuant", "fold_into", "fold_pairs"]

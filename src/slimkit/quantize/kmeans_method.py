@@ -103,7 +103,7 @@ class SharedWeightLayer(nn.Module):
 
 
 @method_config
-class KMeansShare(MethodConfig):
+class KMeansQuant(MethodConfig):
     """Deep Compression weight sharing: per-layer k-means codebook, optional centroid fine-tuning, Huffman.
 
     ``layer_bits`` maps module-name patterns (fnmatch) to bits and overrides ``bits``
@@ -139,8 +139,8 @@ class KMeansShare(MethodConfig):
         return self.bits
 
 
-@register_method(KMeansShare)
-def kmeans(model: nn.Module, config: KMeansShare, targets: Targets, ctx: Context) -> Record:
+@register_method(KMeansQuant)
+def kmeans(model: nn.Module, config: KMeansQuant, targets: Targets, ctx: Context) -> Record:
     if not targets.types:
         targets = Targets(include=targets.include, exclude=targets.exclude, types=DEFAULT_TARGETS.types)
     layers: dict[str, SharedWeightLayer] = {}
@@ -156,6 +156,6 @@ def kmeans(model: nn.Module, config: KMeansShare, targets: Targets, ctx: Context
     return rec
 
 
-register_replay(KMeansShare)(replay_packed)
+register_replay(KMeansQuant)(replay_packed)
 
-__all__ = ["KMeansShare", "SharedWeightLayer", "kmeans_keep_zeros"]
+__all__ = ["KMeansQuant", "SharedWeightLayer", "kmeans_keep_zeros"]

@@ -138,7 +138,7 @@ def _check_training(cfg: MethodConfig, steps: int, lr: float) -> None:
 
 
 @method_config
-class Binary(MethodConfig):
+class BinaryQuant(MethodConfig):
     """Binary weights (1 bit): BinaryConnect, BWN or XNOR, trained with the STE, stored bit-packed."""
 
     kind = "quantize.binary"
@@ -154,8 +154,8 @@ class Binary(MethodConfig):
         _check_training(self, self.steps, self.lr)
 
 
-@register_method(Binary)
-def binary(model: nn.Module, config: Binary, targets: Targets, ctx: Context) -> Record:
+@register_method(BinaryQuant)
+def binary(model: nn.Module, config: BinaryQuant, targets: Targets, ctx: Context) -> Record:
     layers: dict[str, _LatentLayer] = {}
     for name, module in _select(model, targets):
         layers[name] = BinaryLayer(module, config.mode, config.per_channel)  # type: ignore[arg-type]
@@ -165,7 +165,7 @@ def binary(model: nn.Module, config: Binary, targets: Targets, ctx: Context) -> 
 
 
 @method_config
-class Ternary(MethodConfig):
+class TernaryQuant(MethodConfig):
     """Ternary weights {-a, 0, +b} (2-bit codes): TWN or TTQ, trained with the STE, stored bit-packed."""
 
     kind = "quantize.ternary"
@@ -187,8 +187,8 @@ class Ternary(MethodConfig):
                       "false for ttq (one Wp/Wn pair per layer)", self.per_channel)
 
 
-@register_method(Ternary)
-def ternary(model: nn.Module, config: Ternary, targets: Targets, ctx: Context) -> Record:
+@register_method(TernaryQuant)
+def ternary(model: nn.Module, config: TernaryQuant, targets: Targets, ctx: Context) -> Record:
     layers: dict[str, _LatentLayer] = {}
     for name, module in _select(model, targets):
         layers[name] = TernaryLayer(module, config.mode, config.per_channel,  # type: ignore[arg-type]
@@ -201,7 +201,7 @@ def ternary(model: nn.Module, config: Ternary, targets: Targets, ctx: Context) -
                          final_loss=final_loss)
 
 
-register_replay(Binary)(replay_packed)
-register_replay(Ternary)(replay_packed)
+register_replay(BinaryQuant)(replay_packed)
+register_replay(TernaryQuant)(replay_packed)
 
-__all__ = ["Binary", "BinaryLayer", "Ternary", "TernaryLayer"]
+__all__ = ["BinaryQuant", "BinaryLayer", "TernaryQuant", "TernaryLayer"]

@@ -134,7 +134,7 @@ def format_nbytes(rows: int, cols: int, bits: int, group_size: int | None, symme
 
 
 @method_config
-class MixedPrecision(MethodConfig):
+class MixedQuant(MethodConfig):
     """HAWQ-style mixed precision: per-layer bits (or float) from a sensitivity under a size budget."""
 
     kind = "quantize.mixed"
@@ -184,7 +184,7 @@ def weight_errors(w: torch.Tensor, bits_list: Sequence[int], group_size: int | N
     return out
 
 
-def _sensitivities(model: nn.Module, names: list[str], config: MixedPrecision, ctx: Context,
+def _sensitivities(model: nn.Module, names: list[str], config: MixedQuant, ctx: Context,
                    errs: dict[str, dict[int, float]]) -> dict[str, float]:
     if config.sensitivity == "hessian":
         data = ctx.need("train_data", f"{config.kind} with sensitivity='hessian'")
@@ -215,8 +215,8 @@ def _first(data: Any, n: int) -> list[Any]:
     return out
 
 
-@register_method(MixedPrecision)
-def mixed_precision(model: nn.Module, config: MixedPrecision, targets: Targets, ctx: Context) -> Record:
+@register_method(MixedQuant)
+def mixed_precision(model: nn.Module, config: MixedQuant, targets: Targets, ctx: Context) -> Record:
     layers = select_layers(model, targets, conv=True)
     if not layers:
         raise MethodError(f"{config.kind}: the targets select no Linear or Conv2d layer ({targets.to_dict()})")
@@ -256,6 +256,6 @@ def mixed_precision(model: nn.Module, config: MixedPrecision, targets: Targets, 
     return Record(kind=config.kind, data={"layers": entries}, summary=summary)
 
 
-@register_replay(MixedPrecision)
+@register_replay(MixedQuant)
 def replay_mixed(model: nn.Module, record: Record) -> None:
     replay_layers(model, record.data["layers"])

@@ -39,7 +39,7 @@ _OBSERVERS = {"minmax": MinMaxObserver, "percentile": PercentileObserver, "mse":
 
 
 @method_config
-class DynamicInt8(MethodConfig):
+class DynamicQuant(MethodConfig):
     """Dynamic int8 Linear layers on torch's x86 int8 GEMM (weights int8, activations per call)."""
 
     kind = "quantize.dynamic"
@@ -51,14 +51,14 @@ class DynamicInt8(MethodConfig):
 
 
 @method_config
-class StaticInt8(MethodConfig):
+class StaticQuant(MethodConfig):
     """Static int8 Linear/Conv2d with activation ranges calibrated on ``ctx.calib_data``."""
 
     kind = "quantize.static"
     stage = "quantize"
 
     per_channel: bool = True
-    weight_bits: Literal["auto", 8, 7] = "auto"  # as DynamicInt8.weight_bits
+    weight_bits: Literal["auto", 8, 7] = "auto"  # as DynamicQuant.weight_bits
     observer: Literal["minmax", "percentile", "mse"] = "minmax"
     calib_batches: int = 8
 
@@ -67,7 +67,7 @@ class StaticInt8(MethodConfig):
 
 
 @method_config
-class CastFloat(MethodConfig):
+class CastQuant(MethodConfig):
     """Hold and compute targeted modules in float16 or bfloat16."""
 
     kind = "quantize.cast"
@@ -116,8 +116,8 @@ def _int8_bytes(specs: dict[str, dict[str, Any]], model: nn.Module) -> int:
     return sum(b.numel() * b.element_size() for n in specs for b in mods[n].buffers())
 
 
-@register_method(DynamicInt8)
-def dynamic_int8(model: nn.Module, config: DynamicInt8, targets: Targets, ctx: Context) -> Record:
+@register_method(DynamicQuant)
+def dynamic_int8(model: nn.Module, config: DynamicQuant, targets: Targets, ctx: Context) -> Record:
     layers = _targets(model, targets, (nn.Linear, nn.LSTM, nn.GRU), config.kind)
     qmax, isa = cpu.weight_choice(config.weight_bits)
     specs = {}
@@ -133,7 +133,7 @@ def dynamic_int8(model: nn.Module, config: DynamicInt8, targets: Targets, ctx: C
                            "int8_isa": isa["name"]})
 
 
-@register_replay(DynamicInt8)
+@register_replay(DynamicQuant)
 def replay_dynamic(model: nn.Module, record: Record) -> None:
     cpu.warn_if_poorer(record.data.get("int8_isa"), f"{record.kind} artifact")
     for name, spec in record.data["layers"].items():
@@ -157,8 +157,8 @@ def calibrate_ranges(model: nn.Module, modules: list[tuple[str, nn.Module]], bat
     return obs
 
 
-@register_method(StaticInt8)
-def static_int8(model: nn.Module, config: StaticInt8, targets: Targets, ctx: Context) -> Record:
+@register_method(StaticQuant)
+def static_int8(model: nn.Module, config: StaticQuant, targets: Targets, ctx: Context) -> Record:
     layers = _targets(model, targets, (nn.Linear, nn.Conv2d), config.kind)
     batches = list(ctx.need("calib_data", config.kind))[: config.calib_batches]
     if not batches:
@@ -190,7 +190,7 @@ def static_int8(model: nn.Module, config: StaticInt8, targets: Targets, ctx: Con
                            "int8_bytes": _int8_bytes(specs, model), "weight_qmax": qmax, "int8_isa": isa["name"]})
 
 
-@register_replay(StaticInt8)
+@register_replay(StaticQuant)
 def replay_static(model: nn.Module, record: Record) -> None:
     cpu.warn_if_poorer(record.data.get("int8_isa"), f"{record.kind} artifact")
     for name, spec in record.data["layers"].items():
@@ -229,8 +229,8 @@ def _outermost(names: list[str]) -> list[str]:
     return out
 
 
-@register_method(CastFloat)
-def cast_float(model: nn.Module, config: CastFloat, targets: Targets, ctx: Context) -> Record:
+@register_method(CastQuant)
+def cast_float(model: nn.Module, config: CastQuant, targets: Targets, ctx: Context) -> Record:
     names = _outermost([n for n, _ in targets.iter(model)])
     if not names:
         raise MethodError(f"{config.kind}: the targets select no module")
@@ -245,7 +245,7 @@ def _apply_cast(model: nn.Module, names: list[str], dtype: torch.dtype) -> None:
         cast_module(mods[n], dtype)
 
 
-@register_replay(CastFloat)
+@register_replay(CastQuant)
 def replay_cast(model: nn.Module, record: Record) -> None:
     _apply_cast(model, list(record.data["modules"]), dtype_named(record.data["dtype"], f"{record.kind} replay"))
 

@@ -239,7 +239,7 @@ def calibrate(model: nn.Module, layers: list[QATLayer], ctx: Context, n_batches:
 
 
 @method_config
-class QAT(TrainOptions):
+class QatQuant(TrainOptions):
     """Quantisation-aware training: LSQ weights (per channel) and PACT / LSQ inputs, then packed codes.
 
     Trains ``steps`` steps of the training engine (Adam at a constant rate by default; every
@@ -314,8 +314,8 @@ def train_and_convert(model: nn.Module, layers: dict[str, Any], ctx: Context, st
     return packed, final_loss
 
 
-@register_method(QAT)
-def qat(model: nn.Module, config: QAT, targets: Targets, ctx: Context) -> Record:
+@register_method(QatQuant)
+def qat(model: nn.Module, config: QatQuant, targets: Targets, ctx: Context) -> Record:
     check_bits(config.bits, 2, 8)
     targets = targets if targets.types else Targets(include=targets.include, exclude=targets.exclude,
                                                     types=DEFAULT_TARGETS.types)
@@ -331,7 +331,7 @@ def qat(model: nn.Module, config: QAT, targets: Targets, ctx: Context) -> Record
                          final_loss=final_loss)
 
 
-register_replay(QAT)(replay_packed)
+register_replay(QatQuant)(replay_packed)
 
-__all__ = ["QAT", "QATConv2d", "QATLayer", "QATLinear", "act_grid", "calibrate", "grad_scale", "lsq_quant",
+__all__ = ["QatQuant", "QATConv2d", "QATLayer", "QATLinear", "act_grid", "calibrate", "grad_scale", "lsq_quant",
            "pact_quant", "qat_layer", "round_ste", "train_and_convert"]

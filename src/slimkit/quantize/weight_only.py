@@ -37,7 +37,7 @@ Algorithm = Literal["rtn", "gptq", "awq"]
 
 
 @method_config
-class WeightOnly(MethodConfig):
+class WeightOnlyQuant(MethodConfig):
     """Weight-only quantisation of Linear (and, with RTN, Conv2d) weights: RTN, GPTQ or AWQ."""
 
     kind = "quantize.weight_only"
@@ -131,11 +131,11 @@ def select_layers(model: nn.Module, targets: Targets, conv: bool) -> dict[str, n
 
 def quantize_module(module: nn.Module, bits: int, group_size: int | None, symmetric: bool,
                     algorithm: Algorithm = "rtn", stats: LayerStats | None = None,
-                    config: WeightOnly | None = None) -> PackedWeight:
+                    config: WeightOnlyQuant | None = None) -> PackedWeight:
     """A packed copy of ``module`` (Linear / Conv2d) quantised with ``algorithm``."""
     w = weight_matrix(module)  # [N, K]
     check_group(w.shape[1], group_size)
-    cfg = config or WeightOnly(bits=bits, group_size=group_size, algorithm=algorithm)
+    cfg = config or WeightOnlyQuant(bits=bits, group_size=group_size, algorithm=algorithm)
     s = None
     if algorithm == "gptq" and stats is not None and stats.hessian is not None:
         triple = gptq_quantize(w, stats.hessian.value(), bits, group_size, blocksize=cfg.blocksize,
@@ -183,8 +183,8 @@ def size_summary(fp32_bytes: int, packed: dict[str, PackedWeight]) -> dict[str, 
             "bits_per_weight": 8.0 * q / numel if numel else 0.0, "kernels": kernels}
 
 
-@register_method(WeightOnly)
-def weight_only(model: nn.Module, config: WeightOnly, targets: Targets, ctx: Context) -> Record:
+@register_method(WeightOnlyQuant)
+def weight_only(model: nn.Module, config: WeightOnlyQuant, targets: Targets, ctx: Context) -> Record:
     layers = select_layers(model, targets, conv=config.algorithm == "rtn")
     if not layers:
         raise MethodError(f"{config.kind}: the targets select no Linear layer ({targets.to_dict()})")
@@ -213,6 +213,6 @@ def weight_only(model: nn.Module, config: WeightOnly, targets: Targets, ctx: Con
     return Record(kind=config.kind, data={"layers": entries}, summary=size_summary(fp32, packed))
 
 
-@register_replay(WeightOnly)
+@register_replay(WeightOnlyQuant)
 def replay_weight_only(model: nn.Module, record: Record) -> None:
     replay_layers(model, record.data["layers"])

@@ -100,7 +100,7 @@ class TrimmedEmbedding(nn.Module):
 
 
 @method_config
-class VocabTrim(MethodConfig):
+class VocabPrune(MethodConfig):
     """Trim a token-embedding table to the ids a corpus uses; other ids map to unk_id's row.
 
     ``keep_ids`` empty: the corpus is every token of ``ctx.calib_data`` and
@@ -172,7 +172,7 @@ def vocab_tables(model: nn.Module, targets: Targets) -> list[tuple[str, nn.Embed
     return found
 
 
-def kept_ids(config: VocabTrim, vocab_size: int, counts: torch.Tensor | None,
+def kept_ids(config: VocabPrune, vocab_size: int, counts: torch.Tensor | None,
              padding_ids: Iterable[int] = ()) -> list[int]:
     """The sorted ids to keep (see the module docstring)."""
     if config.keep_ids:
@@ -193,8 +193,8 @@ def kept_ids(config: VocabTrim, vocab_size: int, counts: torch.Tensor | None,
     return sorted(keep)
 
 
-@register_method(VocabTrim)
-def trim_vocab(model: nn.Module, config: VocabTrim, targets: Targets, ctx: Context) -> Record:
+@register_method(VocabPrune)
+def trim_vocab(model: nn.Module, config: VocabPrune, targets: Targets, ctx: Context) -> Record:
     tables = vocab_tables(model, targets)
     vocab = tables[0][1].num_embeddings
     counts = token_counts([ctx.calib_data, ctx.train_data], vocab)
@@ -215,7 +215,7 @@ def trim_vocab(model: nn.Module, config: VocabTrim, targets: Targets, ctx: Conte
     return Record(kind="", data=data, summary=summary)
 
 
-@register_replay(VocabTrim)
+@register_replay(VocabPrune)
 def replay_vocab(model: nn.Module, record: Record) -> None:
     """Swap in empty :class:`TrimmedEmbedding` s of the recorded shapes (weights load afterwards)."""
     d = record.data
@@ -228,4 +228,4 @@ def replay_vocab(model: nn.Module, record: Record) -> None:
         swap(model, name, new.to(dtype_named(meta.get("dtype", "float32"), f"{record.kind} replay: {name!r}")))
 
 
-__all__ = ["TrimmedEmbedding", "VocabTrim", "batch_ids", "kept_ids", "token_counts", "vocab_tables"]
+__all__ = ["TrimmedEmbedding", "VocabPrune", "batch_ids", "kept_ids", "token_counts", "vocab_tables"]

@@ -13,15 +13,15 @@ from .checkpoint import CHECKPOINT_FILE, Checkpoint
 from .engine import Objective, StepHook, TrainResult, outputs_loss, task_loss, train
 from .options import TrainOptions
 from .parts import split_batch
-from .reconstruct import Reconstruct, ridge_refit
-from .recovery import BatchNormRecalibrate
+from .reconstruct import ReconstructTrain, ridge_refit
+from .recovery import BnRecalibrateTrain
 
 __all__ = [
            "CHECKPOINT_FILE",
-           "BatchNormRecalibrate",
+           "BnRecalibrateTrain",
            "Checkpoint",
            "Objective",
-           "Reconstruct",
+           "ReconstructTrain",
            "StepHook",
            "TrainOptions",
            "TrainResult",

@@ -76,7 +76,7 @@ def _refittable(name: str, m: nn.Module) -> nn.Linear | nn.Conv2d:
 
 
 @method_config
-class Reconstruct(MethodConfig):
+class ReconstructTrain(MethodConfig):
     """Refit pruned layers by ridge regression to the unpruned model's outputs (no training loop).
 
     Targets are the layers *after* a pruned one (e.g. the classifier whose input channels
@@ -110,8 +110,8 @@ def _collect(model: nn.Module, names: list[str], data: Any, batches: int, what: 
     return got
 
 
-@register_method(Reconstruct)
-def reconstruct(model: nn.Module, config: Reconstruct, targets: Targets, ctx: Context) -> Record:
+@register_method(ReconstructTrain)
+def reconstruct(model: nn.Module, config: ReconstructTrain, targets: Targets, ctx: Context) -> Record:
     teacher = ctx.need("teacher", config.kind)
     data = ctx.need("calib_data", config.kind)
     layers = {n: _refittable(n, m) for n, m in targets.iter(model) if isinstance(m, (nn.Linear, nn.Conv2d))}

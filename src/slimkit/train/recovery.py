@@ -15,7 +15,7 @@ from ..core.context import call_model
 
 
 @method_config
-class BatchNormRecalibrate(MethodConfig):
+class BnRecalibrateTrain(MethodConfig):
     """Re-estimate BatchNorm running statistics on calibration batches (adaptive BN)."""
 
     kind = "train.bn_recalibrate"
@@ -27,8 +27,8 @@ class BatchNormRecalibrate(MethodConfig):
         self._require(self.batches >= 1, "batches", "an int >= 1", self.batches)
 
 
-@register_method(BatchNormRecalibrate)
-def bn_recalibrate(model: nn.Module, config: BatchNormRecalibrate, targets: Targets, ctx: Context) -> Record:
+@register_method(BnRecalibrateTrain)
+def bn_recalibrate(model: nn.Module, config: BnRecalibrateTrain, targets: Targets, ctx: Context) -> Record:
     norms = [(n, m) for n, m in targets.iter(model) if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if not norms:
         raise MethodError(f"{config.kind}: the targets select no BatchNorm layer")
