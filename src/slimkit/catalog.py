@@ -19,8 +19,8 @@ from .quantize import smoothquant  # noqa: F401
 from .quantize import mixed  # noqa: F401
 from .quantize import ptq  # noqa: F401
 from .quantize import embedding  # noqa: F401
-from .prune import recovery  # noqa: F401
-from .prune import reconstruct  # noqa: F401
+from .train import recovery  # noqa: F401
+from .train import reconstruct  # noqa: F401
 from .share import vocab  # noqa: F401
 from .export import onnx  # noqa: F401
 from .export import pt2e  # noqa: F401

@@ -1,4 +1,4 @@
-"""Registered recipe kinds that train the model against ``ctx.teacher`` with :func:`~.engine.distill`.
+"""Registered recipe kinds that train the model against ``ctx.teacher`` through :func:`slimkit.train.engine.train`.
 
 - ``distill.logits``: Hinton KD on classifier logits, mixed with cross-entropy on the batch
   labels when ``train_data`` yields ``(inputs, labels)`` (``alpha`` weighs the soft term).
@@ -20,62 +20,28 @@ loads the trained weights into the structure earlier records rebuilt.
 from __future__ import annotations
 
 import dataclasses
-import fnmatch
 from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..core import Context, MethodConfig, MethodError, Record, Targets, method_config, register_method
+from ..core import Context, MethodError, Record, Targets, method_config, register_method
+from ..train.engine import TrainResult, outputs_loss
+from ..train.options import TrainOptions
+from ..train.parts import frozen_parameters, split_batch
+from ..train.run import run_kind
 from .cache import cache_outputs, cache_teacher_topk, kd_with
-from .engine import DistillResult, distill, split_batch
 from .losses import cosine_loss
 from .strategies import FeatureTap
 
-
-@method_config
-class _TrainOptions(MethodConfig):
-    """Loop options shared by the distillation kinds (see :func:`slimkit.distill.engine.distill`)."""
-
-    stage = "train"
-
-    steps: int = 300
-    lr: float = 1e-3
-    optimizer: Literal["adamw", "adam", "sgd"] = "adamw"
-    weight_decay: float = 0.0
-    schedule: Literal["linear", "cosine", "constant"] = "linear"
-    warmup: int = 0
-    grad_accum: int = 1
-    clip_norm: float | None = None
-    eval_every: int | None = None
-    metric: str | None = None
-    mode: Literal["max", "min"] = "max"
-    patience: int | None = None
-    keep_best: bool = False
-    seed: int | None = None  # None: ctx.seed
-    freeze: tuple[str, ...] = ()  # fnmatch patterns of parameter names left untrained
-    dropout: float | None = None  # None: the model's own rates; a float: every Dropout's rate while training
-
-    def validate(self) -> None:
-        self._require(self.steps > 0, "steps", "a positive int", self.steps)
-        self._require(self.lr > 0, "lr", "a positive float", self.lr)
-        self._require(self.weight_decay >= 0, "weight_decay", "a float >= 0", self.weight_decay)
-        self._require(0 <= self.warmup < self.steps, "warmup", "an int in [0, steps)", self.warmup)
-        self._require(self.grad_accum > 0, "grad_accum", "a positive int", self.grad_accum)
-        self._require(self.clip_norm is None or self.clip_norm > 0, "clip_norm", "a positive float or null",
-                      self.clip_norm)
-        self._require(self.eval_every is None or self.eval_every > 0, "eval_every", "a positive int or null",
-                      self.eval_every)
-        self._require(self.patience is None or self.patience > 0, "patience", "a positive int or null", self.patience)
-        self._require(all(isinstance(p, str) and p for p in self.freeze), "freeze",
-                      "a list of parameter-name patterns", self.freeze)
-        self._require(self.dropout is None or 0.0 <= self.dropout < 1.0, "dropout", "a rate in [0, 1) or null",
-                      self.dropout)
+# The loop options now live in slimkit.train (one engine for every training kind); the old
+# name stays importable for kinds written against it.
+_TrainOptions = TrainOptions
 
 
 @method_config
-class LogitsDistill(_TrainOptions):
+class LogitsDistill(TrainOptions):
     """Hinton KD: ``alpha * T^2 * KL(teacher/T || student/T) + (1 - alpha) * CE(student, labels)``."""
 
     kind = "distill.logits"
@@ -92,7 +58,7 @@ class LogitsDistill(_TrainOptions):
 
 
 @method_config
-class EmbeddingDistill(_TrainOptions):
+class EmbeddingDistill(TrainOptions):
     """Match the teacher's sentence embeddings: ``loss: cosine`` (``1 - cos``) or ``mse``."""
 
     kind = "distill.embedding"
@@ -107,59 +73,18 @@ class EmbeddingDistill(_TrainOptions):
         self._require(self.hidden >= 0, "hidden", "a float >= 0", self.hidden)
 
 
-def _run(model: nn.Module, config: _TrainOptions, ctx: Context, data: Any, loss: Any,
-         teacher_cache: list[Any] | None = None, *, names_of: nn.Module | None = None) -> DistillResult:
-    """Train ``model``; ``freeze`` patterns name parameters of ``names_of`` (default: ``model``),
-    the user's model when ``model`` is a training wrapper around it."""
+def _run(model: nn.Module, config: TrainOptions, ctx: Context, data: Any, loss: Any,
+         teacher_cache: list[Any] | None = None, *, names_of: nn.Module | None = None) -> TrainResult:
+    """Train ``model`` through the engine; ``freeze`` patterns name parameters of ``names_of``
+    (default: ``model``), the user's model when ``model`` is a training wrapper around it."""
     teacher = ctx.teacher
     if teacher is None:
         raise MethodError(f"{config.kind} needs Context.teacher (e.g. the uncompressed model), which is not set")
-    if (config.keep_best or config.patience) and ctx.eval_fn is None:
-        raise MethodError(f"{config.kind}: keep_best / patience need Context.eval_fn, which is not set")
-    frozen = frozen_parameters(names_of or model, config.freeze, config.kind)
-    try:
-        for p in frozen:
-            p.requires_grad_(False)
-        return _distill(model, config, ctx, data, loss, teacher, teacher_cache)
-    finally:
-        for p in frozen:
-            p.requires_grad_(True)
+    return run_kind(model, config, ctx, outputs_loss(loss), data, what=config.kind, teacher=teacher,
+                    teacher_cache=teacher_cache, names_of=names_of)
 
 
-def frozen_parameters(model: nn.Module, patterns: tuple[str, ...], kind: str) -> list[nn.Parameter]:
-    """Trainable parameters whose names match ``patterns`` (each pattern must match one).
-
-    Freezing e.g. a student's word embeddings keeps every token, also those the training
-    corpus never shows, in the teacher's input space, and skips the optimizer update of the
-    largest table (about a quarter of a MiniLM step).
-    """
-    if not patterns:
-        return []
-    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    out = []
-    for pat in patterns:
-        hits = [p for n, p in named if fnmatch.fnmatchcase(n, pat)]
-        if not hits:
-            raise MethodError(f"{kind}: freeze pattern {pat!r} matches no trainable parameter "
-                              f"(names look like {[n for n, _ in named[:3]]})")
-        out += [p for p in hits if all(p is not q for q in out)]
-    return out
-
-
-def _distill(model: nn.Module, config: _TrainOptions, ctx: Context, data: Any, loss: Any, teacher: nn.Module,
-             teacher_cache: list[Any] | None) -> DistillResult:
-    return distill(
-        model, teacher, data, loss=loss, steps=config.steps, lr=config.lr, optimizer=config.optimizer,
-        weight_decay=config.weight_decay, schedule=config.schedule, warmup=config.warmup,
-        grad_accum=config.grad_accum, clip_norm=config.clip_norm, eval_fn=ctx.eval_fn,
-        eval_every=config.eval_every, metric=config.metric, mode=config.mode,
-        early_stopping_patience=config.patience, keep_best=config.keep_best,
-        seed=ctx.seed if config.seed is None else config.seed, teacher_cache=teacher_cache,
-        device=ctx.device, progress=ctx.progress, desc=config.kind, dropout=config.dropout,
-    )
-
-
-def _record(kind: str, r: DistillResult) -> Record:
+def _record(kind: str, r: TrainResult) -> Record:
     final = None if r.final_loss is None else round(r.final_loss, 6)
     data = {"steps": r.steps, "final_loss": final, "best_metric": r.best_metric, "best_step": r.best_step,
             "stopped_early": r.stopped_early, "evals": r.evals,
@@ -261,4 +186,5 @@ def distill_embedding(model: nn.Module, config: EmbeddingDistill, targets: Targe
     return _record(config.kind, _run(student, config, run_ctx, data, loss, cache, names_of=model))
 
 
-__all__ = ["EmbeddingDistill", "LogitsDistill", "block_pairs", "distill_embedding", "distill_logits", "token_cosine_loss"]
+__all__ = ["EmbeddingDistill", "LogitsDistill", "_TrainOptions", "block_pairs", "distill_embedding", "distill_logits",
+           "frozen_parameters", "token_cosine_loss"]

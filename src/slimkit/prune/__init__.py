@@ -5,7 +5,7 @@
   (:mod:`.graph`, :mod:`.propagate`) and shrinks the layers physically (:mod:`.surgery`);
 * unstructured, N:M, block and second-order pruning (:mod:`.magnitude`, :mod:`.unstructured`) and the
   training-time schedules (:mod:`.gradual`, :mod:`.schedules`, :mod:`.hooks`, :mod:`.regularizers`)
-  make weights sparse, stored compressed.
+  make weights sparse, stored compressed; they train through :mod:`slimkit.train`.
 """
 from .magnitude import MagnitudePrune, prunable_params
 
@@ -22,14 +22,14 @@ __all__ += [
     "get_criterion", "head_importance", "lp_scores", "random_scores", "taylor_scores",
 ]
 
-from .hooks import SparsityHook, fine_tune  # noqa: E402
+from .hooks import PenaltyHook, ProximalHook, SparsityHook, fine_tune  # noqa: E402
 from .regularizers import Regularizer, ReweightedL1Prox  # noqa: E402
 from .schedules import DSD, Cubic, GrowPrune, NarangRamp, OneShot, Schedule  # noqa: E402
 from .gradual import DsdPrune, GradualPrune, RegrowPrune, MovementPrune  # noqa: E402
 from .unstructured import BlockPrune, NMPrune, ObdPrune, SparseGPTPrune, WandaPrune  # noqa: E402
 
 __all__ += [
-    "SparsityHook", "fine_tune", "Regularizer", "ReweightedL1Prox", "Schedule", "OneShot", "Cubic", "NarangRamp",
+    "PenaltyHook", "ProximalHook", "SparsityHook", "fine_tune", "Regularizer", "ReweightedL1Prox", "Schedule", "OneShot", "Cubic", "NarangRamp",
     "DSD", "GrowPrune", "BlockPrune", "DsdPrune", "GradualPrune", "RegrowPrune", "MovementPrune", "NMPrune",
     "ObdPrune", "SparseGPTPrune", "WandaPrune",
 ]
@@ -41,9 +41,4 @@ __all__ += ["LayerPrune", "MergePrune", "merge_plan"]
 from .structured import ChannelPrune, HeadPrune  # noqa: E402  (structured pruning with surgery)
 
 __all__ += ["ChannelPrune", "HeadPrune"]
-from .recovery import BnRecalibrateTrain  # noqa: E402
-
-__all__ += ["BnRecalibrateTrain"]
-from .reconstruct import ReconstructTrain, ridge_refit  # noqa: E402
-
-__all__ += ["ReconstructTrain", "ridge_refit"]
+# train.bn_recalibrate and train.reconstruct live in slimkit.train (BnRecalibrateTrain, Reconstruct)

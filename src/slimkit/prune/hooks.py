@@ -1,6 +1,7 @@
-"""A loop-agnostic sparsity hook and a small fine-tuning loop that uses it.
+"""Pruning as step hooks of the training engine: a sparsity schedule, a penalty, a proximal step.
 
-Any training loop (plain fine-tuning here, a distillation engine later) runs a schedule
+The training engine (:func:`slimkit.train.engine.train`) drives them through its
+:class:`~slimkit.train.engine.StepHook` protocol; any hand-written loop can drive a schedule
 with three calls::
 
     hook = SparsityHook(model, Cubic(final=0.9, steps=800, every=50))
@@ -17,15 +18,12 @@ momentum, weight decay) move pruned weights off zero.
 """
 from __future__ import annotations
 
-import sys
-from collections.abc import Iterable, Iterator
 from typing import Literal
 
 import torch
 from torch import nn
 
 from ..core import Context, MethodError, Targets
-from ..core.context import Batch
 from .magnitude import prunable_params
 from .masks import global_topk_masks, sparsity_of, topk_mask
 from .regularizers import Regularizer, ReweightedL1Prox
@@ -191,15 +189,30 @@ class SparsityHook:
         return {"params": layers, "sparsity": zeros / max(1, total), "numel": total}
 
 
-def _batches(data: Iterable[Batch], what: str) -> Iterator[Batch]:
-    """Yield batches forever, re-iterating ``data`` (a list or a DataLoader) after each pass."""
-    while True:
-        n = 0
-        for batch in data:
-            n += 1
-            yield batch
-        if n == 0:
-            raise MethodError(f"{what}: Context.train_data has no batches")
+class PenaltyHook:
+    """Engine step hook adding ``regularizer(weights)`` to every micro-batch's loss (L1, group lasso, ...)."""
+
+    def __init__(self, weights: list[torch.Tensor], regularizer: Regularizer) -> None:
+        self.weights, self.regularizer = weights, regularizer
+
+    def loss(self, model: nn.Module | None = None) -> torch.Tensor:
+        return self.regularizer(self.weights)
+
+    def step(self, t: int) -> None:
+        """Nothing to do after a step: the penalty acts through the gradient."""
+
+
+class ProximalHook:
+    """Engine step hook applying a proximal step (RPP reweighted-L1 soft-threshold) after each optimizer step."""
+
+    def __init__(self, weights: list[torch.Tensor], prox: ReweightedL1Prox) -> None:
+        self.weights, self.prox = weights, prox
+
+    def loss(self, model: nn.Module | None = None) -> None:
+        return None
+
+    def step(self, t: int) -> None:
+        self.prox.step(self.weights, t)
 
 
 def fine_tune(
@@ -212,44 +225,23 @@ def fine_tune(
     weight_decay: float = 0.0,
     what: str = "fine_tune",
 ) -> list[float]:
-    """Train ``model`` for ``steps`` Adam steps on ``ctx.train_data`` with ``ctx.loss_fn`` (+ ``hook``).
+    """Train ``model`` for ``steps`` Adam steps (constant rate) on ``ctx.train_data`` with ``ctx.loss_fn`` (+ ``hook``).
 
-    The data is cycled if ``steps`` exceeds one pass. Returns the loss of every step.
-    Shows a tqdm bar on stderr when ``ctx.progress``. The model's train/eval mode is
-    restored afterwards.
+    A thin call into :func:`slimkit.train.engine.train` (seeded from ``ctx.seed``). The data
+    is cycled if ``steps`` exceeds one pass. Returns the loss of every step.
     """
+    from ..train.engine import task_loss, train
+    from ..train.options import TrainOptions
+
     loss_fn = ctx.need("loss_fn", what)
-    batches = _batches(ctx.need("train_data", what), what)
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
-    was_training = model.training
-    model.train()
-    losses: list[float] = []
-    bar = None
-    if ctx.progress:
-        from tqdm import tqdm  # type: ignore[import-untyped]
-
-        bar = tqdm(total=steps, desc=what, file=sys.stderr, leave=False)
-    try:
-        for t in range(steps):
-            loss = loss_fn(model, next(batches))
-            if hook is not None:
-                loss = loss + hook.loss(model)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            if hook is not None:
-                hook.step(t)
-            losses.append(float(loss.detach()))
-            if bar is not None:
-                bar.update(1)
-                if t % 20 == 0:
-                    bar.set_postfix(loss=f"{losses[-1]:.4f}")
-    finally:
-        if bar is not None:
-            bar.close()
-        model.train(was_training)
-    return losses
+    data = ctx.need("train_data", what)
+    if steps == 0:
+        return []
+    options = TrainOptions(steps=steps, lr=lr, weight_decay=weight_decay, optimizer="adam", schedule="constant",
+                           seed=ctx.seed)
+    result = train(model, task_loss(loss_fn), data, options, hooks=() if hook is None else (hook,),
+                   device=ctx.device, progress=ctx.progress, desc=what)
+    return result.losses
 
 
-__all__ = ["DEFAULT_TARGETS", "SparsityHook", "fine_tune"]
+__all__ = ["DEFAULT_TARGETS", "PenaltyHook", "ProximalHook", "SparsityHook", "fine_tune"]

@@ -10,8 +10,8 @@
   alpha)`` on the grid ``alpha / (2**b - 1)``; symmetric ``[-alpha, alpha]`` when the
   calibration saw negative inputs) or with an LSQ step, or not at all.
 
-The layers are plain modules: any training loop (the default :func:`fine_tune` here, a
-distillation engine later) trains them. Scales are initialised from data first: weights
+The layers are plain modules: the one training engine (:func:`slimkit.train.engine.train`)
+trains them, on the task loss or against a teacher. Scales are initialised from data first: weights
 with the per-channel MSE-optimal range, activations from a few calibration batches.
 
 After training each layer is *converted* (:meth:`QATLayer.convert`) to a
@@ -26,14 +26,13 @@ from __future__ import annotations
 import functools
 import itertools
 import math
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch import nn
 
 from ..core import (
     Context,
-    MethodConfig,
     Record,
     Targets,
     method_config,
@@ -41,6 +40,8 @@ from ..core import (
     register_replay,
 )
 from ..core.context import forward_batches
+from ..train.options import LrSchedule, Optimizer, TrainOptions
+from ..train.run import tail_mean
 from .affine import check_bits, fake_quant
 from .granularity import per_channel
 from .observers import MSEObserver
@@ -238,68 +239,74 @@ def calibrate(model: nn.Module, layers: list[QATLayer], ctx: Context, n_batches:
 
 
 @method_config
-class QatQuant(MethodConfig):
+class QatQuant(TrainOptions):
     """Quantisation-aware training: LSQ weights (per channel) and PACT / LSQ inputs, then packed codes.
 
-    Trains ``steps`` Adam steps on ``ctx.train_data`` with ``ctx.loss_fn`` (``steps: 0``
-    converts the calibrated quantisers without training). ``storage`` picks how the codes
-    are written (``packed`` fixed width; ``huffman`` / ``auto`` entropy-coded).
+    Trains ``steps`` steps of the training engine (Adam at a constant rate by default; every
+    loop option of :class:`~slimkit.train.options.TrainOptions` applies) on ``ctx.train_data``
+    with ``ctx.loss_fn`` (``steps: 0`` converts the calibrated quantisers without training).
+    ``storage`` picks how the codes are written (``packed`` fixed width; ``huffman`` /
+    ``auto`` entropy-coded).
     """
 
     kind = "quantize.qat"
     stage = "quantize"
+    min_steps: ClassVar[int] = 0
 
+    optimizer: Optimizer = "adam"
+    schedule: LrSchedule = "constant"
     bits: int = 4
     act_bits: int = 8
     weight_quant: WeightQuant = "lsq"
     act_quant: ActQuant = "pact"
-    steps: int = 300
-    lr: float = 1e-3
     calib_batches: int = 4
     storage: Literal["packed", "huffman", "auto"] = "packed"
-    # None: train on ctx.loss_fn. A value: train with the distillation engine against
-    # ctx.teacher (Hinton KD, this alpha on the soft targets, 1 - alpha on the labels)
+    # None: train on ctx.loss_fn. A value: train against ctx.teacher (Hinton KD, this alpha on
+    # the soft targets, 1 - alpha on the labels)
     kd_alpha: float | None = None
     kd_temperature: float = 4.0
 
     def validate(self) -> None:
+        super().validate()
         self._require(isinstance(self.bits, int) and 2 <= self.bits <= 8, "bits", "an int in [2, 8]", self.bits)
         self._require(self.kd_alpha is None or 0.0 <= self.kd_alpha <= 1.0, "kd_alpha", "None or a float in [0, 1]",
                       self.kd_alpha)
         self._require(self.kd_temperature > 0, "kd_temperature", "a positive float", self.kd_temperature)
         self._require(2 <= self.act_bits <= 16, "act_bits", "an int in [2, 16]", self.act_bits)
-        self._require(self.steps >= 0, "steps", "a non-negative int", self.steps)
-        self._require(self.lr > 0, "lr", "a positive float", self.lr)
         self._require(self.calib_batches >= 1, "calib_batches", "a positive int", self.calib_batches)
 
 
 def train_and_convert(model: nn.Module, layers: dict[str, Any], ctx: Context, steps: int, lr: float,
-                      what: str, storage: Storage,
-                      kd: tuple[float, float] | None = None) -> tuple[dict[str, PackedLayer], float | None]:
+                      what: str, storage: Storage, kd: tuple[float, float] | None = None, *,
+                      options: TrainOptions | None = None) -> tuple[dict[str, PackedLayer], float | None]:
     """Fine-tune a model whose layers were swapped for trainable low-bit ones, then convert them.
 
-    ``kd = (alpha, temperature)`` trains with the distillation engine against
-    ``ctx.teacher`` instead of on ``ctx.loss_fn``: the fake-quant layers are plain modules,
+    Training is the one engine (:func:`slimkit.train.engine.train`) with ``options`` (a
+    config's loop options), or without them Adam at ``lr``, constant, for ``steps``. ``kd =
+    (alpha, temperature)`` trains against ``ctx.teacher`` (Hinton KD, labels weighted
+    ``1 - alpha``) instead of on ``ctx.loss_fn``: the fake-quant layers are plain modules,
     so the engine trains them like any student.
     """
-    from ..prune.hooks import fine_tune
+    from ..distill.losses import kd_loss
+    from ..train.engine import outputs_loss, task_loss
+    from ..train.parts import split_batch
+    from ..train.run import run_kind
 
     final_loss = None
-    if steps and kd is not None:
-        from ..distill.engine import distill, split_batch
-        from ..distill.losses import kd_loss
-
-        alpha, temperature = kd
-        teacher = ctx.need("teacher", what)
-        result = distill(model, teacher, ctx.need("train_data", what), steps=steps, lr=lr, optimizer="adam",
-                         schedule="constant", seed=ctx.seed, device=ctx.device, progress=ctx.progress, desc=what,
-                         loss=lambda s, t, b: kd_loss(s, t, split_batch(b)[1], temperature=temperature, alpha=alpha))
-        losses = result.losses
-    elif steps:
-        losses = fine_tune(model, ctx, steps, lr=lr, what=what)
     if steps:
-        tail = losses[-max(1, len(losses) // 10):]
-        final_loss = round(sum(tail) / len(tail), 6)
+        opts = options if options is not None else TrainOptions(steps=steps, lr=lr, optimizer="adam",
+                                                                schedule="constant")
+        opts = opts.loop(steps=steps)
+        teacher = None
+        if kd is not None:
+            alpha, temperature = kd
+            teacher = ctx.need("teacher", what)
+            objective = outputs_loss(lambda s, t, b: kd_loss(s, t, split_batch(b)[1], temperature=temperature,
+                                                             alpha=alpha))
+        else:
+            objective = task_loss(ctx.need("loss_fn", what))
+        result = run_kind(model, opts, ctx, objective, ctx.need("train_data", what), what=what, teacher=teacher)
+        final_loss = tail_mean(result.losses)
     packed = {}
     for name, layer in layers.items():
         packed[name] = layer.convert(storage)
@@ -319,7 +326,7 @@ def qat(model: nn.Module, config: QatQuant, targets: Targets, ctx: Context) -> R
     calibrate(model, list(layers.values()), ctx, config.calib_batches, config.kind)
     kd = None if config.kd_alpha is None else (config.kd_alpha, config.kd_temperature)
     packed, final_loss = train_and_convert(model, layers, ctx, config.steps, config.lr, config.kind, config.storage,
-                                           kd=kd)
+                                           kd=kd, options=config)
     return packed_record(packed, bits=config.bits, act_bits=config.act_bits if config.act_quant != "none" else None,
                          final_loss=final_loss)
 

@@ -6,7 +6,7 @@ from torch import nn
 
 import slimkit
 from slimkit.core import Context, MethodError
-from slimkit.prune import BnRecalibrateTrain
+from slimkit.train import BnRecalibrateTrain
 
 
 def _net() -> nn.Module:

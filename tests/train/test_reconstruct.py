@@ -6,7 +6,8 @@ from torch import nn
 
 import slimkit
 from slimkit.core import Context, MethodError, Targets
-from slimkit.prune import ChannelPrune, ReconstructTrain, ridge_refit
+from slimkit.prune import ChannelPrune
+from slimkit.train import ReconstructTrain, ridge_refit
 
 
 def test_ridge_refit_recovers_a_linear_map_and_ridge_pulls_to_w0() -> None:
