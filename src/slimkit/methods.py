@@ -19,7 +19,7 @@ from .quantize import ptq  # noqa: F401
 from .quantize import embedding  # noqa: F401
 from .prune import recovery  # noqa: F401
 from .prune import reconstruct  # noqa: F401
-from .share import vocab  # noqa: F401
+from .prune import vocab  # noqa: F401
 from .export import artifact  # noqa: F401
 from .export import pt2e  # noqa: F401
 from .distill import methods as _distill_methods  # noqa: F401

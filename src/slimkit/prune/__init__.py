@@ -39,3 +39,6 @@ __all__ += ["BatchNormRecalibrate"]
 from .reconstruct import Reconstruct, ridge_refit  # noqa: E402
 
 __all__ += ["Reconstruct", "ridge_refit"]
+from .vocab import VocabTrim
+
+__all__ += ["VocabTrim"]

@@ -25,8 +25,9 @@ import torch
 from torch import nn
 
 from ..core import Context, MethodConfig, Record, Targets, method_config, register_method, register_replay
+from ..core.modules import swap_module
 from .nonuniform import KMeansInit, assign_nearest, kmeans_share
-from .packed import PackedLayer, Storage, layers_of, op_of, packed_record, replay_packed, run_op, swap
+from .packed import PackedLayer, Storage, layers_of, op_of, packed_record, replay_packed, run_op
 from .qat import DEFAULT_TARGETS, train_and_convert
 
 
@@ -146,7 +147,7 @@ def kmeans(model: nn.Module, config: KMeansShare, targets: Targets, ctx: Context
     layers: dict[str, SharedWeightLayer] = {}
     for name, module in layers_of(model, targets):
         layers[name] = SharedWeightLayer(module, config.bits_for(name), config.init, config.keep_zeros)  # type: ignore
-        swap(model, name, layers[name])
+        swap_module(model, name, layers[name])
     storage: Storage = "auto" if config.huffman else "packed"
     packed, final_loss = train_and_convert(model, layers, ctx, config.steps, config.lr, config.kind, storage)
     fixed = sum(-(-m.codes().numel() * m.meta["bits"] // 8) for m in packed.values())

@@ -32,13 +32,14 @@ import torch
 from torch import nn
 
 from ..core import Context, MethodConfig, MethodError, Record, Targets, method_config, register_method
+from ..core.modules import swap_module
 from ..core.registry import register_replay
 from ..core.targets import _match
 from .packing import packed_nbytes
 from .rtn import dequantize_weight, rtn_quantize
 from .sensitivity import layer_traces, measured_error_probe
 from .weight_only import layer_entry, quantize_module, replay_layers, select_layers, size_summary
-from .wo_modules import PackedWeight, set_submodule, weight_matrix
+from .wo_modules import PackedWeight, weight_matrix
 
 FLOAT_BITS = 32
 EXACT_STATES = 1 << 16  # budgets of at most this many gcd-of-costs units are solved exactly
@@ -243,7 +244,7 @@ def mixed_precision(model: nn.Module, config: MixedPrecision, targets: Targets, 
             continue
         gs, sym = layer_format(shapes[name][1], b, config.group_size, config.symmetric)
         new = quantize_module(module, b, gs, sym, "rtn")
-        set_submodule(model, name, new)
+        swap_module(model, name, new)
         packed[name] = new
         entries[name] = {**layer_entry(module, new, "rtn"), **info}
     stored = sum(format_nbytes(*shapes[n], bits[n], config.group_size, config.symmetric) for n in layers)
