@@ -18,7 +18,6 @@ sparse is smallest. Those bytes are what the file holds; ``restore`` decodes the
 """
 from __future__ import annotations
 
-import fnmatch
 from typing import Literal
 
 import torch
@@ -26,6 +25,7 @@ from torch import nn
 
 from ..core import Context, MethodConfig, Record, Targets, method_config, register_method, register_replay
 from ..core.modules import swap_module
+from ..core.targets import check_patterns, first_match
 from .nonuniform import KMeansInit, assign_nearest, kmeans_share
 from .packed import PackedLayer, Storage, layers_of, op_of, packed_record, replay_packed, run_op
 from .qat import DEFAULT_TARGETS, train_and_convert
@@ -107,7 +107,8 @@ class SharedWeightLayer(nn.Module):
 class KMeansShare(MethodConfig):
     """Deep Compression weight sharing: per-layer k-means codebook, optional centroid fine-tuning, Huffman.
 
-    ``layer_bits`` maps module-name patterns (fnmatch) to bits and overrides ``bits``
+    ``layer_bits`` maps module-name patterns (fnmatch globs or ``re:`` regular expressions,
+    read as :class:`~slimkit.core.Targets` reads them) to bits and overrides ``bits``
     (first match wins), e.g. ``{"classifier.*": 3}``.
     """
 
@@ -132,12 +133,11 @@ class KMeansShare(MethodConfig):
             self._require(1 <= b <= 8, key, "an int in [1, 8]", b)
         self._require(self.steps >= 0, "steps", "a non-negative int", self.steps)
         self._require(self.lr > 0, "lr", "a positive float", self.lr)
+        check_patterns(self.layer_bits, "layer_bits")
 
     def bits_for(self, name: str) -> int:
-        for pattern, b in self.layer_bits.items():
-            if fnmatch.fnmatchcase(name, pattern):
-                return b
-        return self.bits
+        pattern = first_match(self.layer_bits, name)
+        return self.bits if pattern is None else self.layer_bits[pattern]
 
 
 @register_method(KMeansShare)
