@@ -11,6 +11,7 @@ from .prune import gradual  # noqa: F401
 from .quantize import qat  # noqa: F401
 from .quantize import lowbit_methods  # noqa: F401
 from .quantize import kmeans_method  # noqa: F401
+from .quantize import nonuniform_methods  # noqa: F401
 from .quantize import fold_bn  # noqa: F401
 from .quantize import weight_only  # noqa: F401
 from .quantize import smoothquant  # noqa: F401
