@@ -9,7 +9,12 @@ import torch
 
 import slimkit
 from slimkit.core import ConfigError, Context, config_class
-from slimkit.quantize.nonuniform import equal_frequency_bins, log2_quantize, residual_binary, residual_dequantize
+from slimkit.quantize.nonuniform import (
+    equal_frequency_bins,
+    log2_quantize,
+    residual_binary,
+    residual_dequantize,
+)
 from slimkit.quantize.nonuniform_methods import balanced_codes, pow2_codes, residual_codes
 from slimkit.quantize.packed import PackedLayer
 
