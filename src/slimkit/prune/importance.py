@@ -8,6 +8,12 @@ keeps. A *higher* score always means *more important* (kept first).
 "Unit ``i`` along ``dim``" is the slice ``t.select(dim, i)``: for a Linear weight
 ``[out, in]``, ``dim=0`` scores output neurons (the producer's "onorm") and ``dim=1``
 scores input features (the consumer's "inorm", He et al. 2018/2019).
+
+:data:`CRITERIA` is the one table the pruning methods dispatch through: a name maps to a
+:class:`Criterion`, a pure function of a group's tensors (:class:`GroupInputs`) plus what
+the caller must gather first (gradients, activations or head gates;
+:mod:`slimkit.prune.unit_inputs` does that module plumbing). A new criterion is a new
+entry here and a new name in the method's ``importance`` Literal.
 """
 from __future__ import annotations
 

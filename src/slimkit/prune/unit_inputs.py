@@ -13,6 +13,7 @@ example inputs), at most ``batches`` of them.
 """
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 from typing import Any, Literal
 
@@ -167,7 +168,7 @@ def producer_activations(model: nn.Module, groups: list[Group], ctx: Context, ba
         return record
 
     handles = [model.get_submodule(n).register_forward_hook(hook(n)) for n in wanted]
-    forward_batches(model, (b for i, b in enumerate(data) if i < batches), handles)
+    forward_batches(model, itertools.islice(data, batches), handles)
     out: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {g.name: [] for g in groups}
     for name, uses in wanted.items():
         if not seen[name]:
