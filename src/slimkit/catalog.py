@@ -13,6 +13,7 @@ from .prune import gradual  # noqa: F401
 from .quantize import qat  # noqa: F401
 from .quantize import lowbit_methods  # noqa: F401
 from .quantize import kmeans_method  # noqa: F401
+from .quantize import nonuniform_methods  # noqa: F401
 from .quantize import fold_bn  # noqa: F401
 from .quantize import weight_only  # noqa: F401
 from .quantize import smoothquant  # noqa: F401
@@ -21,7 +22,7 @@ from .quantize import ptq  # noqa: F401
 from .quantize import embedding  # noqa: F401
 from .train import recovery  # noqa: F401
 from .train import reconstruct  # noqa: F401
-from .share import vocab  # noqa: F401
+from .prune import vocab  # noqa: F401
 from .export import onnx  # noqa: F401
 from .export import pt2e  # noqa: F401
 from .distill import methods as _distill_methods  # noqa: F401

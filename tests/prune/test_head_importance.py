@@ -12,7 +12,7 @@ from slimkit.core.context import call_model
 from slimkit.prune import HeadPrune
 from slimkit.prune.graph import Group, analyze
 from slimkit.prune.importance import head_gate_contributions, head_gate_scores
-from slimkit.prune.structured import head_gate_importance, head_projections
+from slimkit.prune.unit_inputs import head_gate_importance, head_projections
 
 from .models import FACTORIES
 

@@ -1,14 +1,18 @@
 """Importance criteria against hand computations."""
 from __future__ import annotations
 
+import dataclasses
 import math
+from typing import get_args
 
 import pytest
 import torch
 
-from slimkit.core.errors import ConfigError
+from slimkit.core.errors import ConfigError, MethodError
 from slimkit.prune.importance import (
     CRITERIA,
+    GroupInputs,
+    Member,
     aggregate,
     bn_scale_scores,
     entropy_scores,
@@ -17,8 +21,11 @@ from slimkit.prune.importance import (
     head_importance,
     lp_scores,
     random_scores,
+    score_group,
     taylor_scores,
 )
+from slimkit.prune.structured import Criterion as ChannelCriterion
+from slimkit.prune.structured import HeadCriterion
 
 W = torch.tensor([[1.0, -2.0, 0.0], [3.0, 4.0, -1.0]])  # Linear weight [out=2, in=3]
 
@@ -124,9 +131,43 @@ def test_aggregate_modes_and_normalisation():
         aggregate([a], how="median")
 
 
-def test_registry_names_and_unknown_error():
-    assert torch.allclose(CRITERIA["l1"](W, 0), torch.tensor([3.0, 8.0]))
-    assert torch.allclose(get_criterion("l2")(W, dim=0), lp_scores(W, 0, p=2))
-    assert {"taylor", "fpgm", "bn_scale", "entropy", "head", "random"} <= set(CRITERIA)
+def _two_layer_group() -> GroupInputs:
+    """Units = W's 2 output rows (producer) = columns of a consumer ``C [3, 2]``."""
+    c = torch.tensor([[1.0, 0.0], [2.0, 0.0], [2.0, 1.0]])  # column norms^2: 9, 1
+    return GroupInputs(name="g", n_units=2, members=(
+        Member(tensor=W, dim=0, units=torch.tensor([0, 1]), attr="weight", producer=True),
+        Member(tensor=c, dim=1, units=torch.tensor([0, 1]), attr="weight"),
+    ))
+
+
+def test_registry_scores_a_group_through_one_table():
+    g = _two_layer_group()
+    # output_norm: the producer's rows only, squared L2 5 and 26, divided by their mean 15.5
+    assert torch.allclose(score_group("output_norm", g), torch.tensor([5.0, 26.0]) / 15.5)
+    # input_norm: the consumer's columns only (9 and 1, mean 5): the opposite ranking
+    assert torch.allclose(score_group("input_norm", g), torch.tensor([9.0, 1.0]) / 5.0)
+    # l1: both members, each mean-normalised: rows 3, 8 (mean 5.5) + columns 5, 1 (mean 3)
+    assert torch.allclose(score_group("l1", g), torch.tensor([3 / 5.5 + 5 / 3, 8 / 5.5 + 1 / 3]))
+    assert torch.equal(score_group("random", g), random_scores(2, 0))
+    acts = torch.tensor([[0.0, 1.0], [1.0, 2.0], [0.0, 3.0], [1.0, 4.0]])  # unit 0: 2 values, unit 1: 4
+    with_acts = dataclasses.replace(g, acts=((acts, torch.tensor([0, 1])),))
+    ent = entropy_scores(acts, 1)
+    assert torch.allclose(score_group("entropy", with_acts), (ent / ent.mean()).float())
+    gates = torch.tensor([[1.0, -2.0], [-3.0, 0.0]])  # [K=2 batches, 2 heads]
+    assert torch.allclose(score_group("head", dataclasses.replace(g, gates=gates)), torch.tensor([2.0, 1.0]))
+
+
+def test_registry_names_needs_and_errors():
+    assert {"l1", "l2", "taylor", "fpgm", "bn_scale", "entropy", "output_norm", "input_norm", "head",
+            "random"} <= set(CRITERIA)
+    assert CRITERIA["taylor"].needs == "grads" and CRITERIA["entropy"].needs == "acts"
+    assert CRITERIA["head"].needs == "gates" and CRITERIA["l1"].needs is None
+    assert get_criterion("l2") is CRITERIA["l2"]
+    # every name the pruning configs accept is a registered criterion
+    assert set(get_args(ChannelCriterion)) | set(get_args(HeadCriterion)) <= set(CRITERIA)
     with pytest.raises(ConfigError, match="expected one of"):
         get_criterion("l3")
+    with pytest.raises(MethodError, match="bn_scale needs a BatchNorm"):
+        score_group("bn_scale", _two_layer_group())
+    with pytest.raises(MethodError, match="entropy"):
+        score_group("entropy", _two_layer_group())  # no activations gathered

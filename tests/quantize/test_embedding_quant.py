@@ -11,7 +11,7 @@ import slimkit
 from slimkit.core import ConfigError, Context, MethodError
 from slimkit.quantize.embedding import EmbeddingQuant, QuantEmbedding, pack_rows, unpack_rows
 from slimkit.quantize.packing import unpack_bits
-from slimkit.share.vocab import TrimmedEmbedding, VocabPrune
+from slimkit.prune.vocab import TrimmedEmbedding, VocabPrune
 
 
 class Tiny(nn.Module):

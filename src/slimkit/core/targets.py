@@ -11,17 +11,45 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 import re
-from typing import Any, Iterator
+from collections.abc import Iterable, Iterator
+from typing import Any
 
 from torch import nn
 
 from .errors import ConfigError
 
 
-def _match(pattern: str, name: str) -> bool:
+def name_matches(pattern: str, name: str) -> bool:
+    """Whether ``name`` matches one pattern: an fnmatch glob, or ``re:`` + a regular
+    expression that must match the whole name (``re.fullmatch``).
+
+    The one matching rule of slimkit: :class:`Targets`, per-layer overrides (``layer_bits``,
+    ``per_group_ratio``), weight classes and ONNX node exclusions all read patterns this way.
+    """
     if pattern.startswith("re:"):
         return re.fullmatch(pattern[3:], name) is not None
     return fnmatch.fnmatchcase(name, pattern)
+
+
+def first_match(patterns: Iterable[str], name: str) -> str | None:
+    """The first of ``patterns`` that ``name`` matches (see :func:`name_matches`), or ``None``.
+
+    Used for "first match wins" maps such as ``layer_bits`` (pass the dict's keys).
+    """
+    return next((p for p in patterns if name_matches(p, name)), None)
+
+
+def check_patterns(patterns: Iterable[str], key: str) -> None:
+    """Raise :class:`ConfigError` naming ``key`` when a ``re:`` pattern does not compile
+    (or a pattern is not a string), so a typo fails at config time, not mid-run."""
+    for pattern in patterns:
+        if not isinstance(pattern, str):
+            raise ConfigError(f"expected a name pattern (string), got {pattern!r}", key=key)
+        if pattern.startswith("re:"):
+            try:
+                re.compile(pattern[3:])
+            except re.error as exc:
+                raise ConfigError(f"invalid regular expression {pattern!r}: {exc}", key=key) from exc
 
 
 def _type_names(module: nn.Module) -> set[str]:
@@ -49,17 +77,12 @@ class Targets:
             if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
                 raise ConfigError(f"expected a list of strings, got {value!r}", key=f"targets.{key}")
             object.__setattr__(self, key, tuple(value))
-        for pattern in (*self.include, *self.exclude):
-            if pattern.startswith("re:"):
-                try:
-                    re.compile(pattern[3:])
-                except re.error as exc:
-                    raise ConfigError(f"invalid regular expression {pattern!r}: {exc}", key="targets") from exc
+        check_patterns((*self.include, *self.exclude), "targets")
 
     def matches(self, name: str, module: nn.Module) -> bool:
-        if not any(_match(p, name) for p in self.include):
+        if first_match(self.include, name) is None:
             return False
-        if any(_match(p, name) for p in self.exclude):
+        if first_match(self.exclude, name) is not None:
             return False
         return not self.types or bool(_type_names(module) & set(self.types))
 

@@ -17,6 +17,8 @@ from collections import defaultdict
 import torch
 from torch import fx
 
+from ..core.modules import owner_of
+
 _LINEAR = torch.ops.aten.linear.default
 
 
@@ -24,8 +26,7 @@ def _attr(gm: fx.GraphModule, node: fx.Node | None) -> torch.Tensor | None:
     """The constant a ``get_attr`` node reads (``None`` for a missing bias)."""
     if node is None:
         return None
-    owner_name, _, name = str(node.target).rpartition(".")
-    owner = gm.get_submodule(owner_name) if owner_name else gm
+    owner, name = owner_of(gm, str(node.target))
     return getattr(owner, name)
 
 

@@ -18,6 +18,7 @@ from collections.abc import Iterator, Sequence
 import torch
 from torch import nn
 
+from ..core.modules import swap_module
 from ..quantize.int8_modules import Int8Conv2d, Int8Linear, _Int8Base
 
 
@@ -53,11 +54,11 @@ def dequantized_int8(model: nn.Module) -> Iterator[list[str]]:
     try:
         with torch.no_grad():
             for n, m in originals.items():
-                model.set_submodule(n, float_equivalent(m).train(m.training))
+                swap_module(model, n, float_equivalent(m).train(m.training))
         yield names
     finally:
         for n, m in originals.items():
-            model.set_submodule(n, m)
+            swap_module(model, n, m)
 
 
 def nodes_outside(nodes: Sequence[str], modules: Sequence[str]) -> list[str]:

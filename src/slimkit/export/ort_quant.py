@@ -18,7 +18,6 @@ which ranges:
 """
 from __future__ import annotations
 
-import fnmatch
 import os
 import tempfile
 from collections.abc import Callable, Iterable, Sequence
@@ -30,6 +29,7 @@ import torch
 
 from ..core.context import Batch
 from ..core.errors import ConfigError, MethodError
+from ..core.targets import check_patterns, first_match
 
 QUANT_OP_TYPES = ("MatMul", "Attention", "Gemm", "Conv")
 
@@ -61,8 +61,10 @@ def quantizable_nodes(path: str | os.PathLike[str], op_types: Sequence[str] = QU
 
 
 def match_nodes(names: Iterable[str], patterns: Sequence[str]) -> list[str]:
-    """Node names matching any fnmatch pattern (``"*output/dense*"``)."""
-    return [n for n in names if any(fnmatch.fnmatchcase(n, p) for p in patterns)]
+    """Node names matching any pattern: an fnmatch glob (``"*output/dense*"``) or ``re:`` + a
+    regular expression matching the whole name, as :class:`~slimkit.core.Targets` reads them."""
+    check_patterns(patterns, "exclude")
+    return [n for n in names if first_match(patterns, n) is not None]
 
 
 def quantize_dynamic_onnx(src: str | os.PathLike[str], dst: str | os.PathLike[str], *, per_channel: bool = False,
@@ -70,7 +72,7 @@ def quantize_dynamic_onnx(src: str | os.PathLike[str], dst: str | os.PathLike[st
                           reduce_range: bool = False) -> list[str]:
     """Dynamic int8 (int8 weights, per-call uint8 activation ranges) of ``src`` into ``dst``.
 
-    ``exclude`` holds fnmatch patterns of node names kept in float. Returns the names of
+    ``exclude`` holds patterns (glob or ``re:``) of node names kept in float. Returns the names of
     the nodes that were quantized.
     """
     import onnx

@@ -33,6 +33,7 @@ from torch import nn
 from ..core import Context, MethodConfig, Record, Targets, cpu, method_config, register_method
 from ..core.context import Batch, batch_args
 from ..core.errors import ArtifactError, MethodError
+from ..core.modules import owner_of
 from .graph_passes import drop_integer_observers, fuse_sibling_linears
 from .int8_float import dequantized_int8
 from .view import ExportView, Part, export_view
@@ -212,8 +213,7 @@ def drop_unused_attributes(gm: torch.fx.GraphModule) -> torch.fx.GraphModule:
     for name in names:
         if name in used:
             continue
-        owner_name, _, attr = name.rpartition(".")
-        owner = gm.get_submodule(owner_name) if owner_name else gm
+        owner, attr = owner_of(gm, name)
         owner._parameters.pop(attr, None)
         owner._buffers.pop(attr, None)
     return gm

@@ -42,3 +42,6 @@ from .structured import ChannelPrune, HeadPrune  # noqa: E402  (structured pruni
 
 __all__ += ["ChannelPrune", "HeadPrune"]
 # train.bn_recalibrate and train.reconstruct live in slimkit.train (BnRecalibrateTrain, Reconstruct)
+from .vocab import VocabPrune  # noqa: E402
+
+__all__ += ["VocabPrune"]

@@ -19,13 +19,13 @@ broken towards the lower index, so the result is deterministic.
 """
 from __future__ import annotations
 
-import fnmatch
 import math
 
 import torch
 from torch import Tensor
 
 from ..core.errors import ConfigError
+from ..core.targets import check_patterns, first_match
 
 
 def _check_ratio(ratio: float, key: str) -> None:
@@ -62,13 +62,13 @@ def _adjust(k: int, n: int, round_to: int, min_keep: int) -> int:
 
 
 def _ratio_for(name: str, ratio: float, per_group_ratio: dict[str, float] | None) -> tuple[float, bool]:
-    """The group's own ratio (exact key first, then the first matching fnmatch pattern)."""
+    """The group's own ratio (exact key first, then the first matching pattern: glob or ``re:``)."""
     if per_group_ratio:
         if name in per_group_ratio:
             return per_group_ratio[name], True
-        for pattern, value in per_group_ratio.items():
-            if fnmatch.fnmatchcase(name, pattern):
-                return value, True
+        pattern = first_match(per_group_ratio, name)
+        if pattern is not None:
+            return per_group_ratio[pattern], True
     return ratio, False
 
 
@@ -89,13 +89,15 @@ def allocate(
 ) -> dict[str, Tensor]:
     """Sorted kept indices per group (``LongTensor``) for 1-d ``scores`` per group name.
 
-    ``per_group_ratio`` maps group names or fnmatch patterns to a ratio that overrides
+    ``per_group_ratio`` maps group names or name patterns (fnmatch globs, or ``re:`` +
+    a regular expression, as :class:`~slimkit.core.Targets` reads them) to a ratio that overrides
     ``ratio`` for those groups; in ``"global"`` mode such groups are allocated on their
     own and the rest share the global threshold.
     """
     _check_ratio(ratio, "ratio")
     for key, value in (per_group_ratio or {}).items():
         _check_ratio(value, f"per_group_ratio.{key}")
+    check_patterns(per_group_ratio or {}, "per_group_ratio")
     if mode not in ("uniform", "global"):
         raise ConfigError(f"expected mode 'uniform' or 'global', got {mode!r}", key="mode")
     for name, s in scores.items():

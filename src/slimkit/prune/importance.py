@@ -8,16 +8,22 @@ keeps. A *higher* score always means *more important* (kept first).
 "Unit ``i`` along ``dim``" is the slice ``t.select(dim, i)``: for a Linear weight
 ``[out, in]``, ``dim=0`` scores output neurons (the producer's "onorm") and ``dim=1``
 scores input features (the consumer's "inorm", He et al. 2018/2019).
+
+:data:`CRITERIA` is the one table the pruning methods dispatch through: a name maps to a
+:class:`Criterion`, a pure function of a group's tensors (:class:`GroupInputs`) plus what
+the caller must gather first (gradients, activations or head gates;
+:mod:`slimkit.prune.unit_inputs` does that module plumbing). A new criterion is a new
+entry here and a new name in the method's ``importance`` Literal.
 """
 from __future__ import annotations
 
-import functools
+import dataclasses
 from collections.abc import Callable
 
 import torch
 from torch import Tensor
 
-from ..core.errors import ConfigError
+from ..core.errors import ConfigError, MethodError
 
 
 def _slices(t: Tensor, dim: int) -> Tensor:
@@ -196,19 +202,160 @@ def aggregate(scores: list[Tensor], how: str = "sum", normalize: str | None = No
     raise ValueError(f"expected how in 'sum', 'mean', 'max', 'prod', got {how!r}")
 
 
-CRITERIA: dict[str, Callable[..., Tensor]] = {
-    "l1": functools.partial(lp_scores, p=1.0),
-    "l2": functools.partial(lp_scores, p=2.0),
-    "taylor": taylor_scores,
-    "fpgm": fpgm_scores,
-    "bn_scale": bn_scale_scores,
-    "entropy": entropy_scores,
-    "head": head_importance,
-    "random": random_scores,
+# -- criteria over a whole group ----------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class Member:
+    """One coupled tensor axis of a group, as a criterion sees it.
+
+    ``units[j]`` is the unit that slice ``j`` of ``tensor`` along ``dim`` belongs to (-1:
+    none). ``producer``: the tensor's module *makes* the units (output rows of a Linear /
+    conv); ``norm``: the tensor belongs to a BatchNorm-style layer (its scale, shift or statistics). ``grad`` is the
+    loss gradient of ``tensor`` (summed over batches) when the criterion needs one.
+    """
+
+    tensor: Tensor
+    dim: int
+    units: Tensor  # [tensor.shape[dim]] long
+    attr: str  # "weight", "bias", "running_mean", ...
+    producer: bool = False
+    norm: bool = False
+    grad: Tensor | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class GroupInputs:
+    """Everything a criterion may read about one group; the pruning code gathers it.
+
+    ``acts`` holds, per producer, its output activations ``[samples, channels]`` and the
+    unit of each channel (entropy); ``gates`` the signed per-batch head-gate gradients
+    ``[K, n_units]`` (head importance).
+    """
+
+    name: str
+    n_units: int
+    members: tuple[Member, ...] = ()
+    seed: int = 0
+    acts: tuple[tuple[Tensor, Tensor], ...] = ()
+    gates: Tensor | None = None
+
+
+def _per_unit(n_units: int, units: Tensor, s: Tensor) -> Tensor:
+    """Slice scores ``s`` summed per unit, ``[n_units]`` float64 (slices of unit -1 dropped)."""
+    ok = units >= 0
+    return torch.zeros(n_units, dtype=torch.float64).index_add_(0, units[ok], s.double()[ok])
+
+
+def combine_members(g: GroupInputs, criterion: str, score: Callable[[Member], Tensor | None]) -> Tensor:
+    """Sum over members of each member's per-unit scores divided by their mean.
+
+    ``score`` returns one score per slice of a member, or ``None`` to skip the member.
+    Coupled tensors have different scales (a conv kernel vs a BN scale), hence the
+    per-member mean normalisation. Raises :class:`MethodError` when no member was scored.
+    """
+    total = torch.zeros(g.n_units, dtype=torch.float64)
+    used = 0
+    for m in g.members:
+        s = score(m)
+        if s is None:
+            continue
+        per_unit = _per_unit(g.n_units, m.units, s)
+        mean = per_unit.mean()
+        total += per_unit / mean if mean > 0 else per_unit
+        used += 1
+    if used == 0:
+        raise MethodError(f"importance {criterion!r} found no tensor to score in group {g.name!r}"
+                          + _NEEDS_HINT.get(criterion, ""))
+    return total.float()
+
+
+def _plain(m: Member) -> bool:
+    """A weight-like float tensor (not a norm layer's running statistics)."""
+    return m.attr not in ("running_mean", "running_var") and m.tensor.is_floating_point()
+
+
+def _l1(g: GroupInputs) -> Tensor:
+    return combine_members(g, "l1", lambda m: lp_scores(m.tensor, m.dim, 1) if _plain(m) else None)
+
+
+def _l2(g: GroupInputs) -> Tensor:
+    # squared, so a unit spanning several slices (conv -> flatten -> Linear) adds up to its L2**2
+    return combine_members(g, "l2", lambda m: lp_scores(m.tensor, m.dim, 2) ** 2 if _plain(m) else None)
+
+
+def _taylor(g: GroupInputs) -> Tensor:
+    return combine_members(g, "taylor", lambda m: taylor_scores(m.tensor, m.grad, m.dim)
+                           if _plain(m) and m.grad is not None else None)
+
+
+def _fpgm(g: GroupInputs) -> Tensor:  # FPGM compares producer filters
+    return combine_members(g, "fpgm", lambda m: fpgm_scores(m.tensor, 0)
+                           if m.attr == "weight" and m.tensor.dim() >= 2 and m.dim == 0 else None)
+
+
+def _bn_scale(g: GroupInputs) -> Tensor:
+    return combine_members(g, "bn_scale", lambda m: bn_scale_scores(m.tensor) if m.norm and m.attr == "weight" else None)
+
+
+def _norm_of(role: str) -> Callable[[GroupInputs], Tensor]:
+    """Squared L2 of the producers' output rows (``output_norm``) or of the consumers' input
+    columns (``input_norm``): how strongly a unit is driven vs how strongly it is read."""
+    def pick(m: Member) -> bool:
+        return _plain(m) and m.tensor.dim() >= 2 and not m.norm and m.producer == (role == "output_norm")
+
+    def score(g: GroupInputs) -> Tensor:
+        return combine_members(g, role, lambda m: lp_scores(m.tensor, m.dim, 2) ** 2 if pick(m) else None)
+    return score
+
+
+def _entropy(g: GroupInputs) -> Tensor:
+    """Activation entropy (Luo & Wu 2017) of each producer channel, mean-normalised per producer."""
+    members = tuple(Member(tensor=a, dim=1, units=u, attr="activation") for a, u in g.acts)
+    return combine_members(dataclasses.replace(g, members=members), "entropy", lambda m: entropy_scores(m.tensor, 1))
+
+
+def _head(g: GroupInputs) -> Tensor:
+    """Michel et al. 2019: ``E_batches |dL/d xi_h|`` from the per-batch signed gate gradients."""
+    if g.gates is None or g.gates.shape[0] == 0:
+        raise MethodError(f"importance 'head' has no gate gradients for group {g.name!r}")
+    return g.gates.abs().mean(dim=0)  # [K, H] -> [H]
+
+
+def _random(g: GroupInputs) -> Tensor:
+    return random_scores(g.n_units, g.seed)
+
+
+@dataclasses.dataclass(frozen=True)
+class Criterion:
+    """A registered importance criterion: ``score(group) -> [n_units]`` (higher = keep) and
+    what the pruning code must gather first: ``"grads"`` (loss gradients), ``"acts"``
+    (producer activations on calibration data) or ``"gates"`` (head-gate gradients)."""
+
+    score: Callable[[GroupInputs], Tensor]
+    needs: str | None = None
+    doc: str = ""
+
+
+CRITERIA: dict[str, Criterion] = {
+    "l1": Criterion(_l1, doc="L1 norm of every coupled slice"),
+    "l2": Criterion(_l2, doc="squared L2 norm of every coupled slice"),
+    "taylor": Criterion(_taylor, "grads", "first-order Taylor |sum w * dL/dw| (Molchanov et al. 2019)"),
+    "fpgm": Criterion(_fpgm, doc="distance to the other producer filters (He et al. 2019)"),
+    "bn_scale": Criterion(_bn_scale, doc="|gamma| of the group's normalisation layer (Liu et al. 2017)"),
+    "output_norm": Criterion(_norm_of("output_norm"), doc="squared L2 of the producers' output rows"),
+    "input_norm": Criterion(_norm_of("input_norm"), doc="squared L2 of the consumers' input columns"),
+    "entropy": Criterion(_entropy, "acts", "entropy of the producers' output activations (Luo & Wu 2017)"),
+    "head": Criterion(_head, "gates", "head-gate gradient E|dL/d xi_h| (Michel et al. 2019)"),
+    "random": Criterion(_random, doc="uniform random scores (the baseline)"),
+}
+
+_NEEDS_HINT = {
+    "bn_scale": " (bn_scale needs a BatchNorm in the group)",
+    "input_norm": " (input_norm needs a layer reading the group's units)",
+    "entropy": " (entropy needs a Linear / Conv / Embedding producing the group's units)",
 }
 
 
-def get_criterion(name: str) -> Callable[..., Tensor]:
+def get_criterion(name: str) -> Criterion:
     """The criterion registered as ``name``; an unknown name lists the known ones."""
     try:
         return CRITERIA[name]
@@ -217,10 +364,19 @@ def get_criterion(name: str) -> Callable[..., Tensor]:
                           key="criterion") from None
 
 
+def score_group(name: str, g: GroupInputs) -> Tensor:
+    """Scores ``[n_units]`` of one group under criterion ``name`` (dispatch through :data:`CRITERIA`)."""
+    return get_criterion(name).score(g)
+
+
 __all__ = [
     "CRITERIA",
+    "Criterion",
+    "GroupInputs",
+    "Member",
     "aggregate",
     "bn_scale_scores",
+    "combine_members",
     "entropy_scores",
     "fpgm_scores",
     "get_criterion",
@@ -230,5 +386,6 @@ __all__ = [
     "lp_scores",
     "normalize_scores",
     "random_scores",
+    "score_group",
     "taylor_scores",
 ]

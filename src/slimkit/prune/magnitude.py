@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from ..core import Context, MethodConfig, MethodError, Record, Targets, method_config, register_method
+from ..core.targets import check_patterns
 from .recurrent import is_recurrent_bias, is_recurrent_weight
 from .masks import global_topk_masks, sparsity_of, topk_mask
 from .sparsity import class_distribution_masks, class_uniform_masks, weight_class
@@ -48,6 +49,8 @@ class MagnitudePrune(MethodConfig):
                       "a non-negative float or null", self.threshold_lambda)
         self._require(self.threshold_lambda is None or self.scope == "class-distribution", "threshold_lambda",
                       "null unless scope is 'class-distribution'", self.threshold_lambda)
+        for cls_name, patterns in self.classes.items():
+            check_patterns(patterns, f"classes.{cls_name}")
 
 
 def param_classes(model: nn.Module, names: list[str], classes: dict[str, tuple[str, ...]]) -> list[str]:

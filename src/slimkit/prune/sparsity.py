@@ -10,13 +10,13 @@ channels (channels-last view, as NVIDIA's 2:4 kernels expect).
 """
 from __future__ import annotations
 
-import fnmatch
 import math
 import re
 
 import torch
 import torch.nn.functional as F
 
+from ..core.targets import first_match
 from .masks import _n_prune, global_topk_masks, topk_mask
 
 # -- weight classes (See et al. 2016) ----------------------------------------------------------
@@ -42,10 +42,8 @@ def weight_class(name: str, type_name: str, classes: dict[str, tuple[str, ...]] 
     ``"linear"``).
     """
     for cls_name, patterns in (classes or {}).items():
-        for p in patterns:
-            hit = re.fullmatch(p[3:], name) is not None if p.startswith("re:") else fnmatch.fnmatchcase(name, p)
-            if hit:
-                return cls_name
+        if first_match(patterns, name) is not None:
+            return cls_name
     if "Embedding" in type_name:
         return "embedding"
     if type_name == "Linear" or type_name.endswith("Linear"):

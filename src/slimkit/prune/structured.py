@@ -10,9 +10,14 @@ Conv output channels, HF Conv1D, Embedding width) matches the targets, so target
 ``classifier.*`` prunes the classifier's own neurons, not the features feeding it. ``prune.channel`` acts on channel groups (conv channels, Linear neurons such
 as a transformer FFN's intermediate size); ``prune.heads`` on attention-head groups.
 
-Importance of a unit: the chosen criterion on every coupled slice (producer rows,
-consumer columns, norm scales), summed per unit within each tensor, each tensor's scores
-divided by their mean (coupled tensors have different scales), then summed. Taylor needs
+Importance of a unit: the criterion named by ``importance``, looked up in
+:data:`slimkit.prune.importance.CRITERIA` (pure functions of a group's tensors; what they
+read is gathered by :mod:`slimkit.prune.unit_inputs`). The weight criteria score every
+coupled slice (producer rows, consumer columns, norm scales), summed per unit within each
+tensor, each tensor's scores divided by their mean (coupled tensors have different
+scales), then summed; ``output_norm`` / ``input_norm`` keep only the producers' output rows
+/ the consumers' input columns, and ``entropy`` (Luo & Wu 2017) scores the producers'
+output activations on ``ctx.calib_data`` (conv maps averaged over space first). Taylor needs
 gradients: ``ctx.loss_fn`` over ``ctx.train_data`` (at most ``calib_batches``), or, with
 no loss given or with ``grad_source: output``, the sum of squares of the model's first
 output tensor over ``ctx.calib_data`` (a data-only proxy for "how much the output depends on
@@ -29,7 +34,6 @@ the same data rules as Taylor apply.
 """
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any, Literal
 
 import torch
@@ -45,14 +49,26 @@ from ..core import (
     register_method,
     register_replay,
 )
-from ..core.context import call_model, first_tensor
+from ..core.context import call_model
 from ..core.record import index_list
+from ..core.targets import check_patterns
 from . import allocation, importance, recurrent
 from .graph import DependencyGraph, Group, analyze
 from .surgery import Plan, check_plan, slice_params
+from .unit_inputs import (
+    GradSource,
+    gradients,
+    group_inputs,
+    head_gate_importance,
+    head_gates,
+    head_projections,
+    producer_activations,
+    producers,
+)
 
-Criterion = Literal["l1", "l2", "taylor", "fpgm", "bn_scale", "random"]
-GradSource = Literal["loss", "output"]
+# Names of importance.CRITERIA each method accepts (the Literal is what YAML and list-methods show).
+Criterion = Literal["l1", "l2", "taylor", "fpgm", "bn_scale", "output_norm", "input_norm", "entropy", "random"]
+HeadCriterion = Literal["l1", "l2", "taylor", "head", "random"]
 
 
 @method_config
@@ -78,6 +94,8 @@ class ChannelPrune(MethodConfig):
         self._require(self.round_to >= 1, "round_to", "an int >= 1", self.round_to)
         self._require(self.min_keep >= 1, "min_keep", "an int >= 1", self.min_keep)
         self._require(self.calib_batches >= 1, "calib_batches", "an int >= 1", self.calib_batches)
+        self._require(self.importance in importance.CRITERIA, "importance", "a registered criterion", self.importance)
+        check_patterns(self.per_group_ratio or {}, "per_group_ratio")
 
 
 @method_config
@@ -90,7 +108,7 @@ class HeadPrune(MethodConfig):
     ratio: float = 0.25
     heads_per_group: int | None = None  # remove exactly this many units per head group (overrides ratio)
     # "head": Michel et al. 2019 gate gradient, E_batches |sum over the head of x_h * dL/dx_h|
-    importance: Literal["l1", "l2", "taylor", "head", "random"] = "l1"
+    importance: HeadCriterion = "l1"
     calib_batches: int = 8
     grad_source: GradSource = "loss"  # as for prune.channel (taylor and head importance)
 
@@ -111,162 +129,24 @@ def example_batch(ctx: Context, method: str) -> Any:
     raise MethodError(f"{method} traces the model: set Context.example_inputs (or calib_data)")
 
 
-def _loss_tensor(out: Any) -> torch.Tensor:
-    t = first_tensor(out)
-    if t is None:
-        raise MethodError("the model output holds no tensor to build a default loss from")
-    return t
+def group_scores(model: nn.Module, group: Group, criterion: str, grads: dict[str, torch.Tensor] | None = None,
+                 seed: int = 0, acts: tuple[tuple[torch.Tensor, torch.Tensor], ...] = (),
+                 gates: torch.Tensor | None = None) -> torch.Tensor:
+    """One score per unit of ``group`` under ``criterion`` (looked up in ``importance.CRITERIA``)."""
+    inputs = group_inputs(model, group, seed=seed, grads=grads, acts=acts, gates=gates)
+    return importance.score_group(criterion, inputs)
 
 
-def backward_passes(model: nn.Module, ctx: Context, batches: int, method: str,
-                    source: GradSource = "loss") -> Iterator[None]:
-    """Run ``loss.backward()`` on up to ``batches`` batches; yields while ``p.grad`` holds one batch's gradient.
-
-    With ``ctx.loss_fn`` (and ``source="loss"``) the batches come from ``ctx.train_data``
-    (the loss needs targets; calibration batches are inputs only). Otherwise the proxy
-    ``sum(output**2)`` runs on ``ctx.calib_data`` (or the example inputs). The model runs
-    in eval mode; its mode is restored and its gradients cleared afterwards.
-    """
-    if source == "loss" and ctx.loss_fn is not None and ctx.train_data is not None:
-        data: Any = ctx.train_data
-        loss_of = ctx.loss_fn
-    else:
-        data = ctx.calib_data if ctx.calib_data is not None else (
-            [ctx.example_inputs] if ctx.example_inputs is not None else None)
-        loss_of = lambda m, b: _loss_tensor(call_model(m, b)).float().pow(2).sum()  # noqa: E731
-    if data is None:
-        raise MethodError(f"{method} with gradient importance needs Context.train_data + loss_fn "
-                          "or Context.calib_data")
-    was_training = model.training
-    model.eval()
-    try:
-        for i, batch in enumerate(data):
-            if i >= batches:
-                break
-            model.zero_grad(set_to_none=True)
-            loss_of(model, batch).backward()
-            yield
-    finally:
-        model.zero_grad(set_to_none=True)
-        model.train(was_training)
-
-
-def gradients(model: nn.Module, ctx: Context, batches: int, method: str,
-              source: GradSource = "loss") -> dict[str, torch.Tensor]:
-    """Gradients of the loss (or the sum-of-squares output proxy) per parameter, summed over batches."""
-    params = dict(model.named_parameters())
-    grads = {n: torch.zeros_like(p) for n, p in params.items()}
-    for _ in backward_passes(model, ctx, batches, method, source):
-        for n, p in params.items():
-            if p.grad is not None:
-                grads[n] += p.grad.detach()
-    return grads
-
-
-def head_projections(model: nn.Module, group: Group) -> list[tuple[str, int]]:
-    """``(param, dim)`` of every output projection's input axis that reads ``group``'s heads.
-
-    These are the group's weights of >= 2 dims whose module does not *produce* the group's
-    units (dim 1 of an ``nn.Linear`` o-proj, dim 0 of GPT-2's ``Conv1D`` c_proj). Usually
-    one; several when heads are tied across layers (T5's shared relative position bias).
-    """
-    made_by = set(producers(model, group))
-    found = [(param, dim) for param, dim in group.members
-             if param.rpartition(".")[2] == "weight" and param.rpartition(".")[0] not in made_by
-             and model.get_parameter(param).dim() >= 2]
-    if not found:
-        raise MethodError(f"head importance found no output projection reading the heads of {group.name!r}")
-    return found
-
-
-def head_gate_importance(model: nn.Module, groups: list[Group], ctx: Context, batches: int,
-                         method: str, source: GradSource = "loss") -> dict[str, torch.Tensor]:
-    """Michel et al. 2019 importance of every head of ``groups``: per-batch |gate gradient|, averaged.
-
-    Per batch, each head's signed gate gradient is summed over the projections reading it,
-    then its absolute value is averaged over batches.
-    """
-    axes = {g.name: head_projections(model, g) for g in groups}
-    signed: dict[str, list[torch.Tensor]] = {g.name: [] for g in groups}  # per batch, [H] each
-    for _ in backward_passes(model, ctx, batches, method, source):
-        for g in groups:
-            total = torch.zeros(g.n_units)
-            for param, dim in axes[g.name]:
-                p = model.get_parameter(param)
-                if p.grad is not None:
-                    head_of = torch.as_tensor(g.members[(param, dim)])
-                    total += importance.head_gate_contributions(p, p.grad, dim, head_of, g.n_units)[0]
-            signed[g.name].append(total)
-    if not all(signed.values()):
-        raise MethodError(f"{method}: the gradient data holds no batch")
-    return {name: torch.stack(rows).abs().mean(dim=0) for name, rows in signed.items()}
-
-
-def _axis_scores(t: torch.Tensor, dim: int, criterion: str, grad: torch.Tensor | None) -> torch.Tensor | None:
-    t = t.detach().float()
-    if criterion == "l1":
-        return importance.lp_scores(t, dim, 1)
-    if criterion == "l2":
-        return importance.lp_scores(t, dim, 2) ** 2  # squared so units spanning several slices add up
-    if criterion == "taylor":
-        return None if grad is None else importance.taylor_scores(t, grad.float(), dim)
-    raise ValueError(criterion)
-
-
-def group_scores(model: nn.Module, group: Group, criterion: str, grads: dict[str, torch.Tensor] | None,
-                 seed: int) -> torch.Tensor:
-    """One score per unit of ``group`` (see the module docstring for how slices combine)."""
-    if criterion == "random":
-        return importance.random_scores(group.n_units, seed)
-    state = {**dict(model.named_parameters()), **dict(model.named_buffers())}
-    total = torch.zeros(group.n_units, dtype=torch.float64)
-    used = 0
-    for (param, dim), members in group.members.items():
-        t = state[param]
-        mod_name, _, attr = param.rpartition(".")
-        module = model.get_submodule(mod_name)
-        if criterion == "bn_scale":
-            if not (isinstance(module, nn.modules.batchnorm._NormBase) and attr == "weight"):
-                continue
-            s = importance.bn_scale_scores(t.detach().float())
-        elif criterion == "fpgm":
-            if attr != "weight" or t.dim() < 2 or dim != 0:
-                continue  # FPGM compares producer filters
-            s = importance.fpgm_scores(t.detach().float(), 0)
-        else:
-            if attr in ("running_mean", "running_var") or not t.is_floating_point():
-                continue
-            s = _axis_scores(t, dim, criterion, None if grads is None else grads.get(param))
-            if s is None:
-                continue
-        m = torch.as_tensor(members)
-        ok = m >= 0
-        per_unit = torch.zeros(group.n_units, dtype=torch.float64).index_add_(0, m[ok], s.double()[ok])
-        mean = per_unit.mean()
-        total += per_unit / mean if mean > 0 else per_unit
-        used += 1
-    if used == 0:
-        raise MethodError(f"importance {criterion!r} found no tensor to score in group {group.name!r}"
-                          + (" (bn_scale needs a BatchNorm in the group)" if criterion == "bn_scale" else ""))
-    return total.float()
-
-
-def producers(model: nn.Module, group: Group) -> list[str]:
-    """Modules whose outputs are the group's units: Linear / Conv out dim, HF Conv1D dim 1, Embedding width."""
-    out = []
-    for param, dim in group.members:
-        mod_name, _, attr = param.rpartition(".")
-        m = model.get_submodule(mod_name)
-        if recurrent.rnn_producer(m, attr, dim):  # LSTM/GRU hidden units
-            if mod_name not in out:
-                out.append(mod_name)
-            continue
-        if attr != "weight" or m.weight.dim() < 2:
-            continue
-        out_dim = 1 if type(m).__name__ == "Conv1D" or isinstance(m, nn.Embedding) else 0
-        if dim == out_dim and mod_name not in out:
-            out.append(mod_name)
-    return out
+def score_groups(model: nn.Module, groups: list[Group], criterion: str, ctx: Context, batches: int, method: str,
+                 source: GradSource) -> dict[str, torch.Tensor]:
+    """Scores of every group: gathers what the criterion ``needs`` (gradients, activations or
+    head gates) once for all groups, then scores each group through the registry."""
+    needs = importance.get_criterion(criterion).needs
+    grads = gradients(model, ctx, batches, method, source) if needs == "grads" else None
+    acts = producer_activations(model, groups, ctx, batches, method) if needs == "acts" else {}
+    gates = head_gates(model, groups, ctx, batches, method, source) if needs == "gates" else {}
+    return {g.name: group_scores(model, g, criterion, grads, ctx.seed, acts.get(g.name, ()), gates.get(g.name))
+            for g in groups}
 
 
 def selected_groups(model: nn.Module, graph: DependencyGraph, targets: Targets, heads: bool) -> list[Group]:
@@ -372,9 +252,7 @@ def channel_prune(model: nn.Module, config: ChannelPrune, targets: Targets, ctx:
     if not groups:
         raise MethodError(f"{config.kind}: no prunable channel group among the targets ({targets.to_dict()}); "
                           f"frozen channels: {graph.frozen_reasons}")
-    grads = gradients(model, ctx, config.calib_batches, config.kind, config.grad_source) \
-        if config.importance == "taylor" else None
-    scores = {g.name: group_scores(model, g, config.importance, grads, ctx.seed) for g in groups}
+    scores = score_groups(model, groups, config.importance, ctx, config.calib_batches, config.kind, config.grad_source)
     kept = allocation.allocate(scores, config.ratio, mode=config.scope, per_group_ratio=config.per_group_ratio,
                                round_to=config.round_to, min_keep=config.min_keep)
     # an nn.LSTM/GRU has one hidden_size: the same unit count in every layer and direction
@@ -390,13 +268,10 @@ def head_prune(model: nn.Module, config: HeadPrune, targets: Targets, ctx: Conte
     if not groups:
         raise MethodError(f"{config.kind}: no attention-head group among the targets ({targets.to_dict()}); "
                           + unsplit_attention(model, targets))
-    grads = gradients(model, ctx, config.calib_batches, config.kind, config.grad_source) \
-        if config.importance == "taylor" else None
-    gates = head_gate_importance(model, groups, ctx, config.calib_batches, config.kind, config.grad_source) \
-        if config.importance == "head" else {}
+    scores = score_groups(model, groups, config.importance, ctx, config.calib_batches, config.kind, config.grad_source)
     kept: dict[str, torch.Tensor] = {}
     for g in groups:
-        s = gates[g.name] if g.name in gates else group_scores(model, g, config.importance, grads, ctx.seed)
+        s = scores[g.name]
         if config.heads_per_group is not None:
             if config.heads_per_group >= g.n_units:
                 raise MethodError(f"{config.kind}: cannot remove {config.heads_per_group} of {g.n_units} heads "
@@ -418,5 +293,5 @@ def units(model: nn.Module, example_inputs: Any) -> dict[str, dict[str, Any]]:
     return {g.name: {"units": g.n_units, "heads": g.heads, "modules": g.modules} for g in graph.groups}
 
 
-__all__ = ["ChannelPrune", "HeadPrune", "backward_passes", "gradients", "group_scores", "head_gate_importance",
-           "head_projections", "replay_plan", "units"]
+__all__ = ["ChannelPrune", "HeadPrune", "group_scores", "head_gate_importance", "head_projections", "replay_plan",
+           "score_groups", "units"]

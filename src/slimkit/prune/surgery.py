@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from ..core import MethodError
+from ..core.modules import owner_of
 
 Plan = dict[str, dict[int, list[int]]]
 
@@ -28,8 +29,7 @@ def slice_params(model: nn.Module, plan: Plan) -> set[str]:
     touched: set[str] = set()
     with torch.no_grad():
         for fqn, dims in plan.items():
-            mod_name, _, attr = fqn.rpartition(".")
-            module = model.get_submodule(mod_name)
+            module, attr = owner_of(model, fqn)
             t = getattr(module, attr)
             new = t.detach()
             for dim, kept in sorted(dims.items()):
@@ -39,7 +39,7 @@ def slice_params(model: nn.Module, plan: Plan) -> set[str]:
                 setattr(module, attr, nn.Parameter(new, requires_grad=t.requires_grad))
             else:
                 module._buffers[attr] = new
-            touched.add(mod_name)
+            touched.add(fqn.rpartition(".")[0])
     for name in touched:
         fix_module(model.get_submodule(name))
     fix_attention(model)

@@ -97,3 +97,8 @@ __all__ += [
     "allocate_bits", "awq_scales", "dequantize_weight", "gptq_quantize", "hessian_from_inputs",
     "hutchinson_trace", "layer_traces", "measured_error_probe", "rtn_quantize", "smooth_scales",
 ]
+
+# Data-free codebook quantisers as recipe kinds (quantize.balanced / pow2 / residual_binary).
+from .nonuniform_methods import BalancedQuant, Pow2Quant, ResidualBinaryQuant
+
+__all__ += ["BalancedQuant", "Pow2Quant", "ResidualBinaryQuant"]

@@ -19,7 +19,7 @@ Modes:
   as above. The padding row becomes its nearest centroids, not necessarily zero.
 
 The target may be a plain ``nn.Embedding`` or a vocabulary-trimmed
-:class:`~slimkit.share.vocab.TrimmedEmbedding` (its ``remap`` is kept, its rows quantised).
+:class:`~slimkit.prune.vocab.TrimmedEmbedding` (its ``remap`` is kept, its rows quantised).
 """
 from __future__ import annotations
 
@@ -38,10 +38,10 @@ from ..core import (
     register_method,
     register_replay,
 )
-from ..share.vocab import TrimmedEmbedding
+from ..core.modules import swap_module
+from ..prune.vocab import TrimmedEmbedding
 from .affine import mse_row_scales
 from .nonuniform import kmeans_share
-from .packed import swap
 from .packing import pack_bits
 
 
@@ -194,7 +194,7 @@ def quantize_embeddings(model: nn.Module, config: EmbeddingQuant, targets: Targe
         remap = emb.remap if isinstance(emb, TrimmedEmbedding) else None
         q = QuantEmbedding.from_weight(emb.weight, config.bits, config.mode, padding_idx=emb.padding_idx,
                                        remap=remap, scale=config.scale)
-        swap(model, name, q)
+        swap_module(model, name, q)
         layers[name] = q.meta
         code_bytes += q.codes.numel()
         value_bytes += (q.scale if config.mode == "affine" else q.codebook).numel() * 4
@@ -209,7 +209,7 @@ def quantize_embeddings(model: nn.Module, config: EmbeddingQuant, targets: Targe
 def replay_embeddings(model: nn.Module, record: Record) -> None:
     """Swap in empty :class:`QuantEmbedding` s where the record says (no data needed)."""
     for name, meta in record.data["layers"].items():
-        swap(model, name, QuantEmbedding(meta))
+        swap_module(model, name, QuantEmbedding(meta))
 
 
 __all__ = ["EmbeddingQuant", "QuantEmbedding", "pack_rows", "row_bytes", "unpack_rows"]

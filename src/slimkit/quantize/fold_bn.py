@@ -27,7 +27,7 @@ from ..core import (
     register_method,
     register_replay,
 )
-from .packed import swap
+from ..core.modules import swap_module
 
 _PAIRS = ((nn.Conv2d, nn.BatchNorm2d), (nn.Linear, nn.BatchNorm1d))
 
@@ -78,7 +78,7 @@ def fold_bn(model: nn.Module, config: FoldBnQuant, targets: Targets, ctx: Contex
              or not targets.types and targets.matches(b, model.get_submodule(b))]
     for layer_name, bn_name in pairs:
         fold_into(model.get_submodule(layer_name), model.get_submodule(bn_name))  # type: ignore[arg-type]
-        swap(model, bn_name, nn.Identity())
+        swap_module(model, bn_name, nn.Identity())
     left = [n for n, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     return Record(kind="", data={"pairs": [list(p) for p in pairs]},
                   summary={"folded": len(pairs), "unfolded_bn": len(left)})
@@ -90,7 +90,7 @@ def replay_fold_bn(model: nn.Module, record: Record) -> None:
         layer = model.get_submodule(layer_name)
         if layer.bias is None:
             layer.bias = nn.Parameter(torch.zeros(layer.weight.shape[0]))
-        swap(model, bn_name, nn.Identity())
+        swap_module(model, bn_name, nn.Identity())
 
 
 __all__ = ["FoldBnQuant", "fold_into", "fold_pairs"]

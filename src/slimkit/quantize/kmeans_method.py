@@ -18,15 +18,16 @@ sparse is smallest. Those bytes are what the file holds; ``restore`` decodes the
 """
 from __future__ import annotations
 
-import fnmatch
 from typing import Literal
 
 import torch
 from torch import nn
 
 from ..core import Context, MethodConfig, Record, Targets, method_config, register_method, register_replay
+from ..core.modules import swap_module
+from ..core.targets import check_patterns, first_match
 from .nonuniform import KMeansInit, assign_nearest, kmeans_share
-from .packed import PackedLayer, Storage, layers_of, op_of, packed_record, replay_packed, run_op, swap
+from .packed import PackedLayer, Storage, layers_of, op_of, packed_record, replay_packed, run_op
 from .qat import DEFAULT_TARGETS, train_and_convert
 
 
@@ -106,7 +107,8 @@ class SharedWeightLayer(nn.Module):
 class KMeansQuant(MethodConfig):
     """Deep Compression weight sharing: per-layer k-means codebook, optional centroid fine-tuning, Huffman.
 
-    ``layer_bits`` maps module-name patterns (fnmatch) to bits and overrides ``bits``
+    ``layer_bits`` maps module-name patterns (fnmatch globs or ``re:`` regular expressions,
+    read as :class:`~slimkit.core.Targets` reads them) to bits and overrides ``bits``
     (first match wins), e.g. ``{"classifier.*": 3}``.
     """
 
@@ -131,12 +133,11 @@ class KMeansQuant(MethodConfig):
             self._require(1 <= b <= 8, key, "an int in [1, 8]", b)
         self._require(self.steps >= 0, "steps", "a non-negative int", self.steps)
         self._require(self.lr > 0, "lr", "a positive float", self.lr)
+        check_patterns(self.layer_bits, "layer_bits")
 
     def bits_for(self, name: str) -> int:
-        for pattern, b in self.layer_bits.items():
-            if fnmatch.fnmatchcase(name, pattern):
-                return b
-        return self.bits
+        pattern = first_match(self.layer_bits, name)
+        return self.bits if pattern is None else self.layer_bits[pattern]
 
 
 @register_method(KMeansQuant)
@@ -146,7 +147,7 @@ def kmeans(model: nn.Module, config: KMeansQuant, targets: Targets, ctx: Context
     layers: dict[str, SharedWeightLayer] = {}
     for name, module in layers_of(model, targets):
         layers[name] = SharedWeightLayer(module, config.bits_for(name), config.init, config.keep_zeros)  # type: ignore
-        swap(model, name, layers[name])
+        swap_module(model, name, layers[name])
     storage: Storage = "auto" if config.huffman else "packed"
     packed, final_loss = train_and_convert(model, layers, ctx, config.steps, config.lr, config.kind, storage)
     fixed = sum(-(-m.codes().numel() * m.meta["bits"] // 8) for m in packed.values())

@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from ..core import Context, MethodConfig, Record, Targets, method_config, register_method, register_replay
+from ..core.modules import swap_module
 from .lowbit import TTQ, BinaryMode, binarize, sign_ste, ternarize_twn
 from .packed import (
     PackedLayer,
@@ -37,7 +38,6 @@ from .packed import (
     packed_record,
     replay_packed,
     run_op,
-    swap,
     xnor_input,
 )
 from .qat import DEFAULT_TARGETS, train_and_convert
@@ -159,7 +159,7 @@ def binary(model: nn.Module, config: BinaryQuant, targets: Targets, ctx: Context
     layers: dict[str, _LatentLayer] = {}
     for name, module in _select(model, targets):
         layers[name] = BinaryLayer(module, config.mode, config.per_channel)  # type: ignore[arg-type]
-        swap(model, name, layers[name])
+        swap_module(model, name, layers[name])
     packed, final_loss = train_and_convert(model, layers, ctx, config.steps, config.lr, config.kind, config.storage)
     return packed_record(packed, bits=1, mode=config.mode, final_loss=final_loss)
 
@@ -193,7 +193,7 @@ def ternary(model: nn.Module, config: TernaryQuant, targets: Targets, ctx: Conte
     for name, module in _select(model, targets):
         layers[name] = TernaryLayer(module, config.mode, config.per_channel,  # type: ignore[arg-type]
                                     config.delta_factor, config.threshold)
-        swap(model, name, layers[name])
+        swap_module(model, name, layers[name])
     packed, final_loss = train_and_convert(model, layers, ctx, config.steps, config.lr, config.kind, config.storage)
     zeros = sum(int((m.codes() == m.meta["zero_code"]).sum()) for m in packed.values())
     numel = sum(m.codes().numel() for m in packed.values())

@@ -32,13 +32,14 @@ import torch
 from torch import nn
 
 from ..core import Context, MethodConfig, MethodError, Record, Targets, method_config, register_method
+from ..core.modules import swap_module
 from ..core.registry import register_replay
-from ..core.targets import _match
+from ..core.targets import check_patterns, first_match
 from .packing import packed_nbytes
 from .rtn import dequantize_weight, rtn_quantize
 from .sensitivity import layer_traces, measured_error_probe
 from .weight_only import layer_entry, quantize_module, replay_layers, select_layers, size_summary
-from .wo_modules import PackedWeight, set_submodule, weight_matrix
+from .wo_modules import PackedWeight, weight_matrix
 
 FLOAT_BITS = 32
 EXACT_STATES = 1 << 16  # budgets of at most this many gcd-of-costs units are solved exactly
@@ -163,6 +164,7 @@ class MixedQuant(MethodConfig):
                       self.budget_bytes)
         self._require(len(self.choices) > 0 and all(2 <= c <= 8 or c == FLOAT_BITS for c in self.choices),
                       "choices", "a non-empty list of ints in [2, 8] or 32", self.choices)
+        check_patterns(self.keep_float, "keep_float")
         self._require(self.group_size is None or self.group_size >= 1, "group_size", "a positive int or null",
                       self.group_size)
         self._require(self.n_batches >= 1, "n_batches", "a positive int", self.n_batches)
@@ -223,7 +225,7 @@ def mixed_precision(model: nn.Module, config: MixedQuant, targets: Targets, ctx:
     shapes = {n: tuple(weight_matrix(m).shape) for n, m in layers.items()}
     fp32 = sum(r * c * 4 for r, c in shapes.values())
     budget = float(config.budget_bytes if config.budget_bytes is not None else config.budget_ratio * fp32)
-    forced = [n for n in layers if any(_match(p, n) for p in config.keep_float)]
+    forced = [n for n in layers if first_match(config.keep_float, n) is not None]
     free = [n for n in layers if n not in forced]
     budget_free = budget - sum(shapes[n][0] * shapes[n][1] * 4 for n in forced)
     choices = sorted(set(config.choices) | ({config.probe_bits} if config.sensitivity == "probe" else set()))
@@ -243,7 +245,7 @@ def mixed_precision(model: nn.Module, config: MixedQuant, targets: Targets, ctx:
             continue
         gs, sym = layer_format(shapes[name][1], b, config.group_size, config.symmetric)
         new = quantize_module(module, b, gs, sym, "rtn")
-        set_submodule(model, name, new)
+        swap_module(model, name, new)
         packed[name] = new
         entries[name] = {**layer_entry(module, new, "rtn"), **info}
     stored = sum(format_nbytes(*shapes[n], bits[n], config.group_size, config.symmetric) for n in layers)

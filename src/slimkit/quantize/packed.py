@@ -41,6 +41,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..core import MethodError, Record
+from ..core.modules import swap_module
 from .affine import fake_quant
 from .huffman import canonical_code, huffman_decode, huffman_encode, huffman_payload_bits
 from .lowbit import sign_ste
@@ -79,15 +80,6 @@ def layers_of(model: nn.Module, targets: Any) -> list[tuple[str, nn.Module]]:
     if not out:
         raise MethodError("the targets select no Linear or Conv2d layer to quantise")
     return out
-
-
-def swap(model: nn.Module, name: str, new: nn.Module) -> None:
-    """Replace the submodule called ``name`` by ``new``."""
-    if not name:
-        raise MethodError("cannot replace the root module; target its layers instead")
-    parent_name, _, child = name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    setattr(parent, child, new)
 
 
 # ---------------------------------------------------------------- code storage (pure)
@@ -326,4 +318,4 @@ def packed_record(layers: dict[str, PackedLayer], **summary: Any) -> Record:
 def replay_packed(model: nn.Module, record: Record) -> None:
     """Swap empty :class:`PackedLayer` s in where the record says (no data needed)."""
     for name, meta in record.data["layers"].items():
-        swap(model, name, PackedLayer(meta))
+        swap_module(model, name, PackedLayer(meta))

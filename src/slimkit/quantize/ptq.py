@@ -27,6 +27,7 @@ from torch import nn
 
 from ..core import Context, MethodConfig, MethodError, Record, Targets, cpu, method_config, register_method
 from ..core.context import forward_batches
+from ..core.modules import swap_module
 from ..core.record import dtype_named
 from ..core.registry import register_replay
 from ..measure.counter import register_mac_formula
@@ -78,12 +79,6 @@ class CastQuant(MethodConfig):
 
 # ------------------------------------------------------------------ module swapping
 
-def _swap(model: nn.Module, name: str, new: nn.Module) -> None:
-    if not name:
-        raise MethodError("cannot quantize the root module itself; target its layers")
-    model.set_submodule(name, new)
-
-
 def _targets(model: nn.Module, targets: Targets, types: tuple[type, ...], method: str) -> list[tuple[str, nn.Module]]:
     found = [(n, m) for n, m in targets.iter(model) if isinstance(m, types)]
     if not found:
@@ -124,10 +119,10 @@ def dynamic_int8(model: nn.Module, config: DynamicQuant, targets: Targets, ctx: 
     for name, lin in layers:
         if isinstance(lin, nn.RNNBase):  # LSTM/GRU: int8 recurrent kernels (int8_recurrent.py)
             specs[name] = recurrent_spec(lin, config.kind)
-            _swap(model, name, Int8RNN.from_float(lin, config.per_channel, qmax))
+            swap_module(model, name, Int8RNN.from_float(lin, config.per_channel, qmax))
             continue
         specs[name] = _linear_spec(lin)
-        _swap(model, name, Int8Linear.from_float(lin, "dynamic", config.per_channel, qmax))
+        swap_module(model, name, Int8Linear.from_float(lin, "dynamic", config.per_channel, qmax))
     return Record(kind=config.kind, data={"mode": "dynamic", "layers": specs, "int8_isa": isa},
                   summary={"layers": len(specs), "int8_bytes": _int8_bytes(specs, model), "weight_qmax": qmax,
                            "int8_isa": isa["name"]})
@@ -137,7 +132,7 @@ def dynamic_int8(model: nn.Module, config: DynamicQuant, targets: Targets, ctx: 
 def replay_dynamic(model: nn.Module, record: Record) -> None:
     cpu.warn_if_poorer(record.data.get("int8_isa"), f"{record.kind} artifact")
     for name, spec in record.data["layers"].items():
-        _swap(model, name, _build(spec, "dynamic"))
+        swap_module(model, name, _build(spec, "dynamic"))
 
 
 # ------------------------------------------------------------------ static calibration
@@ -184,7 +179,7 @@ def static_int8(model: nn.Module, config: StaticQuant, targets: Targets, ctx: Co
             except ValueError as exc:
                 raise MethodError(f"{config.kind}: {name}: {exc}") from exc
         new.set_act_ranges(float(in_s), int(in_zp), float(out_s), int(out_zp))  # type: ignore[operator]
-        _swap(model, name, new)
+        swap_module(model, name, new)
     return Record(kind=config.kind, data={"mode": "static", "layers": specs, "int8_isa": isa},
                   summary={"layers": len(specs), "calib_batches": len(batches),
                            "int8_bytes": _int8_bytes(specs, model), "weight_qmax": qmax, "int8_isa": isa["name"]})
@@ -194,7 +189,7 @@ def static_int8(model: nn.Module, config: StaticQuant, targets: Targets, ctx: Co
 def replay_static(model: nn.Module, record: Record) -> None:
     cpu.warn_if_poorer(record.data.get("int8_isa"), f"{record.kind} artifact")
     for name, spec in record.data["layers"].items():
-        _swap(model, name, _build(spec, "static"))
+        swap_module(model, name, _build(spec, "static"))
 
 
 # ------------------------------------------------------------------ fp16 / bf16

@@ -40,12 +40,13 @@ from ..core import (
     register_replay,
 )
 from ..core.context import forward_batches
+from ..core.modules import swap_module
 from ..train.options import LrSchedule, Optimizer, TrainOptions
 from ..train.run import tail_mean
 from .affine import check_bits, fake_quant
 from .granularity import per_channel
 from .observers import MSEObserver
-from .packed import PackedLayer, Storage, layers_of, op_of, packed_record, replay_packed, run_op, swap
+from .packed import PackedLayer, Storage, layers_of, op_of, packed_record, replay_packed, run_op
 
 WeightQuant = Literal["lsq", "minmax"]
 ActQuant = Literal["pact", "lsq", "none"]
@@ -310,7 +311,7 @@ def train_and_convert(model: nn.Module, layers: dict[str, Any], ctx: Context, st
     packed = {}
     for name, layer in layers.items():
         packed[name] = layer.convert(storage)
-        swap(model, name, packed[name])
+        swap_module(model, name, packed[name])
     return packed, final_loss
 
 
@@ -322,7 +323,7 @@ def qat(model: nn.Module, config: QatQuant, targets: Targets, ctx: Context) -> R
     layers: dict[str, QATLayer] = {}
     for name, module in layers_of(model, targets):
         layers[name] = qat_layer(module, config.bits, config.act_bits, config.weight_quant, config.act_quant)
-        swap(model, name, layers[name])
+        swap_module(model, name, layers[name])
     calibrate(model, list(layers.values()), ctx, config.calib_batches, config.kind)
     kd = None if config.kd_alpha is None else (config.kd_alpha, config.kd_temperature)
     packed, final_loss = train_and_convert(model, layers, ctx, config.steps, config.lr, config.kind, config.storage,

@@ -30,9 +30,9 @@ from torch import nn
 
 from ..core import Context, MethodConfig, MethodError, Record, Targets, method_config, register_method
 from ..core.errors import ConfigError
+from ..core.modules import swap_module
 from ..core.registry import register_replay
 from .weight_only import capture_inputs
-from .wo_modules import set_submodule
 
 
 def smooth_scales(x_absmax: torch.Tensor, w_absmax: torch.Tensor, alpha: float = 0.5,
@@ -114,7 +114,7 @@ def smoothquant(model: nn.Module, config: SmoothQuant, targets: Targets, ctx: Co
             continue  # never called during calibration: nothing to balance
         w_absmax = lin.weight.detach().abs().amax(0)  # [K]
         s = smooth_scales(st.abs_max, w_absmax, config.alpha)
-        set_submodule(model, name, smooth_linear(lin, s))
+        swap_module(model, name, smooth_linear(lin, s))
         entries[name] = {"x_max_over_median": round(outlier_ratio(st.abs_max), 3),
                          "x_max_over_median_after": round(outlier_ratio(st.abs_max / s), 3)}
     if not entries:
@@ -132,4 +132,4 @@ def replay_smoothquant(model: nn.Module, record: Record) -> None:
         lin = model.get_submodule(name)
         if type(lin) is not nn.Linear:
             raise MethodError(f"cannot replay {record.kind}: {name!r} is a {type(lin).__name__}, not a Linear")
-        set_submodule(model, name, SmoothedLinear(lin))
+        swap_module(model, name, SmoothedLinear(lin))

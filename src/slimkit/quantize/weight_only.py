@@ -27,11 +27,12 @@ from torch import nn
 
 from ..core import Context, MethodConfig, MethodError, Record, Targets, method_config, register_method
 from ..core.context import forward_batches
+from ..core.modules import swap_module
 from ..core.registry import register_replay
 from .awq import awq_scales
 from .gptq import HessianAccumulator, gptq_quantize
 from .rtn import check_group, rtn_quantize
-from .wo_modules import PackedWeight, packed_module, set_submodule, stored_nbytes, weight_matrix
+from .wo_modules import PackedWeight, packed_module, stored_nbytes, weight_matrix
 
 Algorithm = Literal["rtn", "gptq", "awq"]
 
@@ -169,7 +170,7 @@ def replay_layers(model: nn.Module, layers: dict[str, dict[str, Any]]) -> None:
         if int(e["bits"]) >= 32:
             continue  # kept in float
         dense = model.get_submodule(name)
-        set_submodule(model, name, packed_module(dense, int(e["bits"]), e["group_size"], bool(e["symmetric"]),
+        swap_module(model, name, packed_module(dense, int(e["bits"]), e["group_size"], bool(e["symmetric"]),
                                                  input_scale=bool(e.get("input_scale", False))))
 
 
@@ -207,7 +208,7 @@ def weight_only(model: nn.Module, config: WeightOnlyQuant, targets: Targets, ctx
         except Exception as exc:
             raise MethodError(f"{config.kind}: cannot quantise {name!r}: {exc}") from exc
         fp32 += module.weight.numel() * 4
-        set_submodule(model, name, new)
+        swap_module(model, name, new)
         packed[name] = new
         entries[name] = layer_entry(module, new, algo)
     return Record(kind=config.kind, data={"layers": entries}, summary=size_summary(fp32, packed))

@@ -216,9 +216,3 @@ def stored_nbytes(module: PackedWeight) -> int:
     return sum(b.numel() * b.element_size() for b in (module.qweight, module.scales, module.zeros,
                                                           module.input_scale))
 
-
-def set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
-    """Replace the submodule called ``name`` (dotted) by ``new``."""
-    parent_name, _, attr = name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    setattr(parent, attr, new)

@@ -45,8 +45,8 @@ from ..core import (
     register_method,
     register_replay,
 )
+from ..core.modules import swap_module
 from ..core.record import dtype_named, index_list
-from ..quantize.packed import swap
 
 BERT_SPECIAL_IDS = (0, 100, 101, 102, 103)  # [PAD], [UNK], [CLS], [SEP], [MASK]
 
@@ -205,7 +205,7 @@ def trim_vocab(model: nn.Module, config: VocabPrune, targets: Targets, ctx: Cont
         layers[name] = {"embedding_dim": emb.embedding_dim, "padding_idx": emb.padding_idx,
                         "dtype": str(emb.weight.dtype).removeprefix("torch.")}
         removed += (vocab - len(keep)) * emb.embedding_dim
-        swap(model, name, TrimmedEmbedding.from_embedding(emb, keep, config.unk_id))
+        swap_module(model, name, TrimmedEmbedding.from_embedding(emb, keep, config.unk_id))
     coverage = None
     if counts is not None and int(counts.sum()) > 0:
         coverage = round(float(counts[torch.tensor(keep)].sum()) / float(counts.sum()), 6)
@@ -225,7 +225,7 @@ def replay_vocab(model: nn.Module, record: Record) -> None:
     kept = index_list(d["kept"], n, f"{record.kind} replay")
     for name, meta in d["layers"].items():
         new = TrimmedEmbedding(n, kept, meta["embedding_dim"], unk_id=d["unk_id"], padding_idx=meta["padding_idx"])
-        swap(model, name, new.to(dtype_named(meta.get("dtype", "float32"), f"{record.kind} replay: {name!r}")))
+        swap_module(model, name, new.to(dtype_named(meta.get("dtype", "float32"), f"{record.kind} replay: {name!r}")))
 
 
 __all__ = ["TrimmedEmbedding", "VocabPrune", "batch_ids", "kept_ids", "token_counts", "vocab_tables"]

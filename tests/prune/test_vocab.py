@@ -9,7 +9,7 @@ from torch import nn
 
 import slimkit
 from slimkit.core import ConfigError, Context, MethodError, Targets
-from slimkit.share.vocab import TrimmedEmbedding, VocabPrune, token_counts
+from slimkit.prune.vocab import TrimmedEmbedding, VocabPrune, token_counts
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
