@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -e '.[all]'
+	$(BIN)/python -m pip install -q -e '.[all,dev]'
 	rm -f $(VENV)/.installed-*
 	touch $(STAMP)
 
@@ -40,7 +40,7 @@ test-int8-avx2: $(STAMP)
 	$(INT8_AVX2_ENV) $(BIN)/python -m pytest -q -m int8 --durations=5 $(PYTEST_ARGS)
 
 lint: $(STAMP)
-	$(BIN)/python -m ruff check src tests || true
+	$(BIN)/python -m ruff check src tests benchmarks
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis build *.egg-info

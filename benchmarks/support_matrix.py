@@ -29,7 +29,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import torch  # noqa: E402
-
 from support.matrix import CELL_TIMEOUT_S, METHODS, TOLERANCES, run_cell  # noqa: E402
 from support.models import MODELS  # noqa: E402
 
