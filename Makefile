@@ -10,7 +10,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo test test-int8-avx2 install bench lint clean
+.PHONY: demo test test-int8-avx2 install bench lint results clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -41,6 +41,10 @@ test-int8-avx2: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/python -m ruff check src tests benchmarks
+
+# docs/results.md from benchmarks/results/*.json (a test fails when it is stale)
+results: $(STAMP)
+	$(BIN)/python benchmarks/make_results.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis build *.egg-info

@@ -4,6 +4,7 @@ Kept apart from argument parsing so the demo, the CLI and tests share one code p
 """
 from __future__ import annotations
 
+import datetime
 import shutil
 import sys
 import tempfile
@@ -117,6 +118,7 @@ def compress(spec: str, recipe_source: str, out: Path, *, task_name: str | None 
             "latency": {"batch": 1, "runtime": rt, "file": name, **cmp.to_dict()},
             "seconds": round(time.perf_counter() - t0, 2),
             "int8_isa": int8_isa().to_dict(),  # int8 settings and results depend on it
+            "date": datetime.date.today().isoformat(),
         }
         import json
 
@@ -207,4 +209,5 @@ def bench(path: Path, *, against: str | None = None, batch_size: int = 1, seq_le
     cmp = _compare(baseline_for(base.model, manifest, name, inputs), served, inputs, rt, name, rounds=rounds,
                    threads=threads)
     return {"model": str(path), "runtime": rt, "file": name, "baseline": base.spec, "baseline_runtime": "eager",
-            "batch_size": batch_size, "seq_len": seq_len if zm.family == "text" else None, **cmp.to_dict()}
+            "batch_size": batch_size, "seq_len": seq_len if zm.family == "text" else None, **cmp.to_dict(),
+            "int8_isa": int8_isa().to_dict(), "date": datetime.date.today().isoformat()}
