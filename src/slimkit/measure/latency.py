@@ -9,9 +9,8 @@ speedup is ``median_a / median_b`` (> 1 means B is faster), and its spread is th
 
 Each block of timed calls starts with ``settle`` untimed calls (default 1). A runtime's
 worker threads keep spinning for a while after a call (ONNX Runtime's intra-op pool,
-OpenMP), so the first call of the *other* side after a switch pays for that; measured on
-MiniLM at batch 1: torch.ao int8 at 11.5 ms alone but 19.5 ms per call when every block
-followed an ORT block without settling. The untimed call absorbs the switch, so each side
+OpenMP), so the first call of the *other* side after a switch pays for that, enough to change
+the ratio (docs/measurements.md). The untimed call absorbs the switch, so each side
 is timed in its own steady state.
 
 Callables are called through :func:`slimkit.core.call_model`, so an ``nn.Module``, a
