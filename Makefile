@@ -10,13 +10,13 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo test test-int8-avx2 install bench lint clean
+.PHONY: demo test test-int8-avx2 install bench lint results clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -e '.[all]'
+	$(BIN)/python -m pip install -q -e '.[all,dev]'
 	rm -f $(VENV)/.installed-*
 	touch $(STAMP)
 
@@ -40,7 +40,11 @@ test-int8-avx2: $(STAMP)
 	$(INT8_AVX2_ENV) $(BIN)/python -m pytest -q -m int8 --durations=5 $(PYTEST_ARGS)
 
 lint: $(STAMP)
-	$(BIN)/python -m ruff check src tests || true
+	$(BIN)/python -m ruff check src tests benchmarks
+
+# docs/results.md from benchmarks/results/*.json (a test fails when it is stale)
+results: $(STAMP)
+	$(BIN)/python benchmarks/make_results.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis build *.egg-info

@@ -20,6 +20,7 @@ Writes ``benchmarks/results/bilstm.json``.
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import platform
 import sys
@@ -34,6 +35,7 @@ import slimkit
 from slimkit import measure, zoo
 from slimkit.app.pipeline import context_for
 from slimkit.core import Recipe, Targets
+from slimkit.core.cpu import int8_isa
 from slimkit.quantize.ptq import DynamicQuant
 from slimkit.zoo.data import read_sst2
 
@@ -140,6 +142,8 @@ def main() -> None:
                    "rounds": args.rounds, "iters_per_round": 10, "threads": args.threads,
                    "runtime": "PyTorch eager (what slimkit.restore serves)"},
         "cpu": cpu_info(),
+        "int8_isa": int8_isa().to_dict(),
+        "date": datetime.date.today().isoformat(),
     }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(doc, indent=2) + "\n")

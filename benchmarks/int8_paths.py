@@ -24,6 +24,7 @@ the loss on AVX2) and on a Gaussian input, and against exact integer math. Write
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import os
 import platform
@@ -118,7 +119,7 @@ def main() -> int:
     zm = zoo.load("zoo:minilm-l6")
     task = zoo.get_task("stsb")
     doc: dict = {"model": "zoo:minilm-l6", "task": "stsb test", "cpu": isa.cpu_model, "machine": platform.machine(),
-                 "int8_isa": isa.to_dict(), "threads": torch.get_num_threads(),
+                 "int8_isa": isa.to_dict(), "date": datetime.date.today().isoformat(), "threads": torch.get_num_threads(),
                  "forcing": {k: os.environ[k] for k in (*FORCING_ENVS, "ATEN_CPU_CAPABILITY", "SLIMKIT_INT8_ISA")
                              if os.environ.get(k)}}
     doc["single_int8_linear"] = single_layer(zm)

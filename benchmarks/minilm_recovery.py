@@ -5,16 +5,25 @@ Prunes zoo:minilm-l6 with the minilm-prune preset (4/12 heads, 1/2 FFN), distils
 unpruned model with a cosine loss on sentence embeddings (no STS-B labels), and prints STS-B test
 Spearman before and after.
 """
-import time, random, sys, torch
-from slimkit import zoo, Recipe, Context
-from slimkit.zoo.data import read_sst2, read_stsb
+import random
+import sys
+import time
+
+import torch
+
+from slimkit import Context, Recipe, zoo
 from slimkit.distill.engine import distill
 from slimkit.distill.losses import cosine_loss
+from slimkit.zoo.data import read_sst2, read_stsb
+
 torch.manual_seed(0)
-steps = int(sys.argv[1]); lr = float(sys.argv[2])
-zm = zoo.load("zoo:minilm-l6"); task = zoo.get_task("stsb")
+steps = int(sys.argv[1])
+lr = float(sys.argv[2])
+zm = zoo.load("zoo:minilm-l6")
+task = zoo.get_task("stsb")
 pruned = Recipe.load("minilm-prune").run(zm.model, Context(example_inputs=zm.example_inputs(1)))
-s1, s2, _ = read_stsb("train"); sst = read_sst2("train")
+s1, s2, _ = read_stsb("train")
+sst = read_sst2("train")
 sents = list(dict.fromkeys(s1 + s2 + [s for s in sst[0]] if isinstance(sst, tuple) else s1 + s2))
 random.Random(0).shuffle(sents)
 bs = 32

@@ -15,7 +15,8 @@ from slimkit import measure, zoo
 from slimkit.export.onnx import OrtModel
 from slimkit.export.pt2e import Pt2eModel, quantize_pt2e
 
-zm = zoo.load("zoo:minilm-l6"); task = zoo.get_task("stsb")
+zm = zoo.load("zoo:minilm-l6")
+task = zoo.get_task("stsb")
 student = slimkit.restore(sys.argv[1]).eval()
 calib = task.calibration_batches(zm, 8, 32)
 pt = Pt2eModel(quantize_pt2e(student, zm.example_inputs(2, 16), calib))

@@ -17,13 +17,16 @@ from slimkit.prune.vocab import VocabPrune
 from slimkit.zoo.data import read_sst2, read_stsb
 
 torch.set_num_threads(1)
-zm = zoo.load("zoo:minilm-l6"); task = zoo.get_task("stsb")
-s1, s2, _ = read_stsb("train"); sst, _ = read_sst2("train")
+zm = zoo.load("zoo:minilm-l6")
+task = zoo.get_task("stsb")
+s1, s2, _ = read_stsb("train")
+sst, _ = read_sst2("train")
 texts = list(dict.fromkeys([*s1, *s2, *sst]))
 batches = [zm.tokenizer.encode(texts[i:i+256], 128) for i in range(0, len(texts), 256)]
 ctx = Context(calib_data=batches)
 t = slimkit.apply(zm.model, VocabPrune(), Targets(), ctx)
-rec = slimkit.records(t)[-1]; print(rec.summary)
+rec = slimkit.records(t)[-1]
+print(rec.summary)
 q = slimkit.apply(t, EmbeddingQuant(bits=8), Targets(include=("*word_embeddings*",)), Context())
 print(slimkit.records(q)[-1].summary)
 for name, m in (("trim", t), ("trim+int8 emb", q)):

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Structured pruning figures for the README (issue: pruning that really shrinks models).
+# Structured pruning figures for docs/results.md.
 # Run from the repo root after `make install`:  bash benchmarks/pruning.sh
 # Writes benchmarks/results/pruning-*.json and prints the tables.
 set -euo pipefail
@@ -22,4 +22,4 @@ $SK bench "$OUT/effnet" --batch-size 1 --rounds ${ROUNDS:-8} --json > $R/pruning
 
 # 3. digits: 90 % unstructured sparsity with the cubic schedule and fine-tuning.
 .venv/bin/python benchmarks/digits_sparsity.py > $R/pruning-digits.md; cat $R/pruning-digits.md
-.venv/bin/python benchmarks/summarize.py pruning | tee $R/pruning.md
+.venv/bin/python benchmarks/make_results.py  # docs/results.md

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Reproduce the README's comparison tables: every slimkit preset against the other toolkits,
+# Reproduce the comparison tables (README, docs/results.md): every slimkit preset against the other toolkits,
 # one script per model, each in a single interleaved run on the same inputs and threads.
 #
 #   bash benchmarks/run_all.sh            # after `make install` (or `make test`)
@@ -27,4 +27,5 @@ stamp "3/4 EfficientNet comparison"
 $PY benchmarks/compare_efficientnet.py
 stamp "4/4 digits comparison"
 $PY benchmarks/compare_digits.py
+$PY benchmarks/make_results.py  # docs/results.md
 stamp "done; artifacts in $OUT"

@@ -33,6 +33,7 @@ from typing import Any
 import torch
 
 from slimkit.core.context import call_model
+from slimkit.core.cpu import int8_isa
 from slimkit.measure.latency import fixed_threads, quantile
 
 RESULTS = Path(__file__).parent / "results"
@@ -264,7 +265,8 @@ def write_results(name: str, title: str, rows: list[Row], metric_cols: list[tupl
     """Write ``results/<name>.md`` (+ ``.json``, ``.png``) and return the Markdown path."""
     RESULTS.mkdir(parents=True, exist_ok=True)
     stamp = datetime.date.today().isoformat()
-    md = [f"# {title}", "", f"`{command}` ({stamp}; {machine()})", "",
+    isa = int8_isa()
+    md = [f"# {title}", "", f"`{command}` ({stamp}; {machine()}; CPU {isa.cpu_model}, int8 ISA {isa.name})", "",
           "Speed-ups are paired ratios to fp32 PyTorch measured in one interleaved run (median over rounds, "
           "25-75 % spread); MB is the file each row is served from.", "",
           table(rows, metric_cols, batches)]
@@ -278,5 +280,5 @@ def write_results(name: str, title: str, rows: list[Row], metric_cols: list[tupl
     raw = [{"name": r.name, "who": r.who, "file_bytes": r.file_bytes, "params": r.params, "macs": r.macs,
             "latency": r.latency, "metrics": r.metrics, "note": r.note} for r in rows]
     (RESULTS / f"{name}.json").write_text(json.dumps({"date": stamp, "machine": machine(), "command": command,
-                                                      "rows": raw}, indent=2) + "\n")
+                                                      "int8_isa": isa.to_dict(), "rows": raw}, indent=2) + "\n")
     return path

@@ -29,9 +29,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import torch  # noqa: E402
-
 from support.matrix import CELL_TIMEOUT_S, METHODS, TOLERANCES, run_cell  # noqa: E402
 from support.models import MODELS  # noqa: E402
+
+from slimkit.core.cpu import int8_isa  # noqa: E402
 
 MARK = {"ok": "ok", "unsupported": "unsupported", "FAIL": "**FAIL**"}
 MAX_MSG = 220
@@ -145,7 +146,7 @@ def main() -> None:
         for cell in row.values():
             counts[cell["status"]] = counts.get(cell["status"], 0) + 1
     meta = {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "cpu": cpu_model(),
-            "torch": torch.__version__, "transformers": transformers.__version__, "threads": args.threads,
+            "int8_isa": int8_isa().name, "torch": torch.__version__, "transformers": transformers.__version__, "threads": args.threads,
             "seconds": time.perf_counter() - start, "cells": sum(len(r) for r in results.values()), "counts": counts,
             "tolerances": {m: TOLERANCES[m] for m in methods}}
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)

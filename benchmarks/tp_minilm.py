@@ -15,9 +15,8 @@ from __future__ import annotations
 import copy
 
 import torch
-from torch import nn
-
 import torch_pruning as tp
+from torch import nn
 
 
 def _bert_layers(encoder: nn.Module) -> list[nn.Module]:

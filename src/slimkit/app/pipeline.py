@@ -4,6 +4,7 @@ Kept apart from argument parsing so the demo, the CLI and tests share one code p
 """
 from __future__ import annotations
 
+import datetime
 import shutil
 import sys
 import tempfile
@@ -18,6 +19,7 @@ from ..core import Context, Recipe, read_manifest, restore, save
 from ..core.api import MANIFEST_FILE, WEIGHTS_FILE, replace_dir
 from ..core.cpu import int8_isa
 from ..core.errors import ArtifactError, ConfigError, MethodError, ModelSpecError
+from ..core.progress import Progress
 from ..core.safety import require_trust, seal
 from .report import render_markdown
 from .serving import baseline_for, load_runtime, shipped
@@ -94,14 +96,19 @@ def compress(spec: str, recipe_source: str, out: Path, *, task_name: str | None 
     steps: list[dict[str, Any]] = []
 
     def on_step(i: int, step: Any, model: nn.Module) -> None:
-        _log(f"slimkit: step {i + 1}/{len(recipe.steps)} {step.config.kind} done", quiet)
+        bar.set_postfix(last=step.config.kind)
+        bar.update(1)
         info = {"step": step.label, "kind": step.config.kind, "record": _last_record(model)}
         info.update(snapshot(model, zm, task, reference=zm.model))
         steps.append(info)
 
     try:
         before = snapshot(zm.model, zm, task, reference=zm.model)
-        model = recipe.run(zm.model, ctx, on_step=on_step)
+        # one line per finished step in a log (a bar on a terminal); the loops inside steps show their own
+        bar = Progress(len(recipe.steps), f"slimkit {recipe.name}", enabled=not quiet, unit="step", eta=False,
+                       leave=True)
+        with bar:
+            model = recipe.run(zm.model, ctx, on_step=on_step)
         save(model, tmp, spec=spec)
         after = dict(steps[-1]) if steps else snapshot(model, zm, task, reference=zm.model)
         after["profile"]["file_bytes"] = (tmp / WEIGHTS_FILE).stat().st_size
@@ -110,13 +117,14 @@ def compress(spec: str, recipe_source: str, out: Path, *, task_name: str | None 
         # this run wrote the file itself, so loading a .pt2 here trusts no one else's code
         served = model if name is None else load_runtime(tmp, read_manifest(tmp), rt, name, trust_code=True)
         base = baseline_for(zm.model, read_manifest(tmp), name, zm.example_inputs(1))
-        cmp = _compare(base, served, zm.example_inputs(1), rt, name, rounds=bench_rounds)
+        cmp = _compare(base, served, zm.example_inputs(1), rt, name, rounds=bench_rounds, quiet=quiet)
         report = {
             "model": spec, "recipe": recipe.to_dict(), "task": task_name,
             "before": before, "after": after, "steps": steps,
             "latency": {"batch": 1, "runtime": rt, "file": name, **cmp.to_dict()},
             "seconds": round(time.perf_counter() - t0, 2),
             "int8_isa": int8_isa().to_dict(),  # int8 settings and results depend on it
+            "date": datetime.date.today().isoformat(),
         }
         import json
 
@@ -139,11 +147,13 @@ def _check_runtime(recipe: Recipe, runtime: str) -> None:
 
 
 def _compare(base: nn.Module, served: nn.Module, inputs: Any, runtime: str, name: str | None, *, rounds: int,
-             threads: int | None = None) -> measure.CompareResult:
+             threads: int | None = None, quiet: bool = False) -> measure.CompareResult:
     """Paired latency of the eager baseline against the served model; a shipped file that
     cannot run this batch is a clear error, not a traceback."""
     try:
-        return measure.compare(base, served, inputs, rounds=rounds, threads=threads)
+        with Progress(rounds, f"timing {name or 'the restored model'} ({runtime}) vs the dense eager model", enabled=not quiet,
+                      unit="round") as bar:
+            return measure.compare(base, served, inputs, rounds=rounds, threads=threads, on_round=bar.update)
     except Exception as exc:
         if name is None:
             raise
@@ -193,7 +203,8 @@ def evaluate(path: Path, task_name: str, *, trust_code: bool = False) -> dict[st
 
 
 def bench(path: Path, *, against: str | None = None, batch_size: int = 1, seq_len: int = 128, rounds: int = 10,
-          threads: int | None = None, runtime: str = "auto", trust_code: bool = False) -> dict[str, Any]:
+          threads: int | None = None, runtime: str = "auto", trust_code: bool = False,
+          quiet: bool = False) -> dict[str, Any]:
     """Paired latency: the baseline (``against`` or the model's own dense origin, eager PyTorch)
     vs what the folder ships (``runtime="auto"``: its model.pt2 / model.onnx, else the
     restored model) or the runtime asked for. The result says which runtime and file were timed."""
@@ -205,6 +216,7 @@ def bench(path: Path, *, against: str | None = None, batch_size: int = 1, seq_le
     base = zoo.load(against) if against else zm
     inputs = zm.example_inputs(batch_size, seq_len) if zm.family == "text" else zm.example_inputs(batch_size)
     cmp = _compare(baseline_for(base.model, manifest, name, inputs), served, inputs, rt, name, rounds=rounds,
-                   threads=threads)
+                   threads=threads, quiet=quiet)
     return {"model": str(path), "runtime": rt, "file": name, "baseline": base.spec, "baseline_runtime": "eager",
-            "batch_size": batch_size, "seq_len": seq_len if zm.family == "text" else None, **cmp.to_dict()}
+            "batch_size": batch_size, "seq_len": seq_len if zm.family == "text" else None, **cmp.to_dict(),
+            "int8_isa": int8_isa().to_dict(), "date": datetime.date.today().isoformat()}

@@ -56,7 +56,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--debug", action="store_true", help="show tracebacks for errors")
     sub = p.add_subparsers(dest="command", required=True)
 
-    s = sub.add_parser("list-methods", help="every registered method with its options")
+    s = sub.add_parser("list-methods", help="every registered method with its options, and the presets")
     s.add_argument("--json", action="store_true")
 
     s = sub.add_parser("profile", help="params, bytes, MACs, memory-access cost, per-layer table")
@@ -68,7 +68,7 @@ def _parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("compress", help="run a recipe and write the compressed model with a report")
     s.add_argument("--model", required=True)
-    s.add_argument("--recipe", required=True, help="a YAML file or a preset name (see `slimkit list-methods`)")
+    s.add_argument("--recipe", required=True, help="a YAML file or a preset name (slimkit list-methods lists them)")
     s.add_argument("--out", required=True, type=Path)
     s.add_argument("--task")
     s.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")

@@ -6,8 +6,7 @@ With VNNI (``vpdpbusd``: AVX512-VNNI, AVX-VNNI) or AMX the four products of a gr
 summed straight into int32: exact. Without it (plain AVX2 / AVX-512, e.g. AMD Zen 2, Intel
 Skylake-SP) the kernels use ``vpmaddubsw``, which adds *adjacent pairs* of products into
 int16 with saturation: ``255 * 127 * 2 = 64770 > 32767``, so large activations meeting large
-weights are clipped (measured: 3-10x the integer-exact error on small models, ~0.2 STS-B
-point on MiniLM). Weight codes in ``[-63, 63]`` keep every pair below the limit
+weights are clipped (the error this costs is measured in docs/quantization.md). Weight codes in ``[-63, 63]`` keep every pair below the limit
 (``2 * 255 * 63 = 32130``), at the price of one bit of weight precision.
 
 This module is the one place that decides. :func:`int8_isa` reads the CPU flags

@@ -9,9 +9,8 @@ speedup is ``median_a / median_b`` (> 1 means B is faster), and its spread is th
 
 Each block of timed calls starts with ``settle`` untimed calls (default 1). A runtime's
 worker threads keep spinning for a while after a call (ONNX Runtime's intra-op pool,
-OpenMP), so the first call of the *other* side after a switch pays for that; measured on
-MiniLM at batch 1: torch.ao int8 at 11.5 ms alone but 19.5 ms per call when every block
-followed an ORT block without settling. The untimed call absorbs the switch, so each side
+OpenMP), so the first call of the *other* side after a switch pays for that, enough to change
+the ratio (docs/measurements.md). The untimed call absorbs the switch, so each side
 is timed in its own steady state.
 
 Callables are called through :func:`slimkit.core.call_model`, so an ``nn.Module``, a
@@ -146,11 +145,12 @@ def round_order(rounds: int) -> list[tuple[str, str]]:
 
 def compare(a: Runnable, b: Runnable, inputs: Batch, *, rounds: int = 10, iters_per_round: int = 5, warmup: int = 3,
             threads: int | None = None, inputs_b: Batch | None = None, settle: int = 1,
-            pause_s: float = 0.0) -> CompareResult:
+            pause_s: float = 0.0, on_round: Callable[[], None] | None = None) -> CompareResult:
     """Paired latency of baseline ``a`` against candidate ``b``; ``speedup > 1`` means B is faster.
 
     Both run with the same thread count and the same inputs (``inputs_b`` when B needs a
-    different form of the same batch, e.g. numpy for ONNX Runtime). See the module docstring.
+    different form of the same batch, e.g. numpy for ONNX Runtime). ``on_round`` is called
+    after every round, outside the timed calls (progress of a long comparison). See the module docstring.
     """
     if rounds < 1 or iters_per_round < 1 or warmup < 0 or settle < 0:
         raise ValueError(f"need rounds >= 1, iters_per_round >= 1, warmup >= 0, settle >= 0; got {rounds}, "
@@ -169,6 +169,8 @@ def compare(a: Runnable, b: Runnable, inputs: Batch, *, rounds: int = 10, iters_
                 for _ in range(settle):  # untimed: absorbs the other side's spinning threads
                     call_model(fn, x)
                 samples[key].append([_time_once(fn, x) for _ in range(iters_per_round)])
+            if on_round is not None:
+                on_round()
     med_a = [statistics.median(s) for s in samples["a"]]  # per-round medians
     med_b = [statistics.median(s) for s in samples["b"]]
     ratios = [ra / rb if rb > 0 else float("inf") for ra, rb in zip(med_a, med_b)]

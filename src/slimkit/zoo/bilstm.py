@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..core.progress import Progress
 from .data import atomic_write, cache_dir
 from .task_base import fixed_subset
 
@@ -100,17 +101,19 @@ def train_bilstm(tokenizer) -> BiLSTMClassifier:
             total = int(s["epochs"]) * len(batches)
             sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: max(0.0, 1.0 - step / total))
             net.train()
-            for epoch in range(int(s["epochs"])):
-                order = list(range(len(batches)))
-                random.Random(int(s["seed"]) + 1 + epoch).shuffle(order)
-                for i in order:
-                    inputs, y = batches[i]
-                    loss = nn.functional.cross_entropy(net(**inputs), y)
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    nn.utils.clip_grad_norm_(net.parameters(), 5.0)
-                    opt.step()
-                    sched.step()
+            with Progress(total, "zoo:sst2-bilstm: training on first use (then cached)") as bar:
+                for epoch in range(int(s["epochs"])):
+                    order = list(range(len(batches)))
+                    random.Random(int(s["seed"]) + 1 + epoch).shuffle(order)
+                    for i in order:
+                        inputs, y = batches[i]
+                        loss = nn.functional.cross_entropy(net(**inputs), y)
+                        opt.zero_grad(set_to_none=True)
+                        loss.backward()
+                        nn.utils.clip_grad_norm_(net.parameters(), 5.0)
+                        opt.step()
+                        sched.step()
+                        bar.update(1)
     finally:
         torch.set_num_threads(threads)
     TRAIN_COUNT += 1

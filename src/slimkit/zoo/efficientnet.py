@@ -7,8 +7,7 @@ change the network, so it is deliberately not called. Weights are read from the
 
 Preprocessing: the TF-lite reference normalises 0..255 pixels with mean = std = 127.5,
 i.e. ``(x - 0.5) / 0.5`` on 0..1 -- see :data:`MEAN` / :data:`STD`. The package's example
-uses the torchvision ImageNet statistics instead; measured on the 500-image eval half of
-the ImageNet sample, those give 74.2 % top-1 against 87.2 % for mean = std = 0.5.
+uses the torchvision ImageNet statistics instead, which costs accuracy (docs/measurements.md).
 """
 from __future__ import annotations
 
