@@ -9,7 +9,6 @@ top-K carry almost no teacher mass, which is what makes the approximation cheap)
 from __future__ import annotations
 
 import dataclasses
-import sys
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
@@ -108,9 +107,9 @@ def cache_outputs(teacher: nn.Module, batches: Iterable[Batch], device: str | to
     teacher.to(dev)
     items: Iterable[Batch] = batches
     if progress:
-        from tqdm import tqdm  # type: ignore[import-untyped]
+        from ..core.progress import track
 
-        items = tqdm(batches, desc="teacher cache", file=sys.stderr, leave=False)
+        items = track(batches, "teacher cache", total=len(batches))
     seen: dict[int, Any] = {}  # id(inputs) -> output: a batch object listed again is not re-run
 
     def keep(inputs: Batch) -> Any:

@@ -21,7 +21,6 @@ data-parallel: see :mod:`slimkit.train.parallel`.
 from __future__ import annotations
 
 import dataclasses
-import sys
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Protocol, runtime_checkable
 
@@ -194,9 +193,9 @@ def _run(model: nn.Module, objective: Objective, data: Iterable[Batch], o: Train
         world_size, rank = parallel.world()
         runner = parallel.wrap(model, device)
         if progress and rank == 0:
-            from tqdm import tqdm  # type: ignore[import-untyped]
+            from ..core.progress import Progress
 
-            bar = tqdm(total=steps, initial=result.steps, desc=desc, file=sys.stderr, leave=False)
+            bar = Progress(steps, desc, initial=result.steps)
         try:
             model.train()
             while result.steps < steps and not result.stopped_early:
