@@ -1,7 +1,7 @@
 """ONNX export, an output check against the PyTorch model, and an ONNX Runtime module.
 
 ``export_onnx`` uses the TorchScript-based exporter (``dynamo=False``): in torch 2.13 it
-handles the HF BERT graph in about a second and, with eager attention, produces the
+handles the HF BERT graph quickly and, with eager attention, produces the
 MatMul/Softmax pattern that ONNX Runtime's transformer optimizer fuses into its
 ``Attention`` kernel (the SDPA path exports a masked pattern the optimizer cannot fuse).
 
@@ -270,8 +270,8 @@ class OnnxExport(MethodConfig):
     # fnmatch patterns of ONNX node names (they follow the torch module names) kept in float
     exclude: tuple[str, ...] = ()
     # ORT's offline transformer fusions: "auto" = on for float HF BERT-like encoders and off
-    # for int8 (quantizing the plain graph and letting the ORT session fuse it is faster:
-    # 1.14-1.33x over the offline-fused int8 graph on MiniLM-L6 at 32 x 128, measured)
+    # for int8 (quantizing the plain graph and letting the ORT session fuse it is faster;
+    # measured: docs/quantization.md#figures-behind-design-choices-in-the-code)
     optimize: Literal["auto", "none", "bert"] = "auto"
     calibration: Literal["minmax", "entropy", "percentile"] = "minmax"
     calib_batches: int = 8

@@ -8,10 +8,11 @@ which ranges:
   keeping the layers whose int8 error is largest (:func:`layer_sensitivity`) in float.
   ORT's offline transformer fusions (:func:`optimize_transformer`: ``Attention``,
   ``SkipLayerNormalization``, ``BiasGelu``) help the float graph but not the int8 one:
-  on MiniLM-L6 at 32 x 128 tokens every offline-fused int8 variant measured 0.75-0.92x of
-  the plain int8 graph, whose bias adds and GELUs the ORT session itself fuses into
-  ``MatMulIntegerToFloat``/``DynamicQuantizeMatMul``. Per-channel weights are what buy
-  accuracy (embedding cosine 0.993 vs 0.965 per-tensor);
+  every offline-fused int8 variant is slower than the plain int8 graph, whose bias adds
+  and GELUs the ORT session itself fuses into ``MatMulIntegerToFloat``/``DynamicQuantizeMatMul``
+  (measured: docs/quantization.md#which-int8-runtime). Per-channel weights are what buy
+  accuracy, since one scale per tensor must cover its largest row (measured:
+  docs/quantization.md#figures-behind-design-choices-in-the-code);
 - CNNs: static QDQ with per-channel weights and activation ranges from calibration data
   (ORT's own calibrators), so ORT fuses ``DequantizeLinear -> Conv -> QuantizeLinear`` into
   ``QLinearConv``.
@@ -119,15 +120,16 @@ def quantize_static_onnx(src: str | os.PathLike[str], dst: str | os.PathLike[str
     Activation ranges come from running ``calib`` through the float model with ORT's
     calibrator (``method``). ORT's calibrators hold every intermediate tensor of every
     batch in memory until the end, and ``entropy`` / ``percentile`` then build histograms
-    on top (on EfficientNet-Lite0, 15 x 32 images passed 23 GB and were OOM-killed;
-    ``minmax`` fits). ``preprocess`` runs ORT's shape inference / graph optimisation first
+    on top, so memory grows with the calibration set until the process is killed on an
+    image model (measured: docs/quantization.md#figures-behind-design-choices-in-the-code);
+    ``minmax`` fits. ``preprocess`` runs ORT's shape inference / graph optimisation first
     (folds BatchNorm into Conv so weights are quantized once).
     ``op_types=None`` lets ORT quantize every op it supports: that matters, because only
     then does it see ``Clip``/``Relu`` after a ``Conv`` and drop them into the Conv's
     output range ([0, 6] for ReLU6) instead of spending the 256 levels of the Conv output
-    on its full pre-activation range (measured on EfficientNet-Lite0: 80 % top-1
-    agreement with Conv/Gemm only). Returns the names of the quantized weight-carrying
-    nodes (Conv, Gemm, MatMul).
+    on its full pre-activation range, which costs a CNN with ReLU6 much of its accuracy
+    (measured: docs/quantization.md#figures-behind-design-choices-in-the-code).
+    Returns the names of the quantized weight-carrying nodes (Conv, Gemm, MatMul).
     """
     import onnx
     import onnxruntime as ort

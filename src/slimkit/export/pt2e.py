@@ -7,17 +7,20 @@ observed on calibration batches for ``static``, or computed per call for ``dynam
 *freezing* on, folds the weights and pattern-matches each ``dequant -> linear -> quant``
 into one oneDNN int8 kernel (VNNI on this CPU) with bias and elementwise epilogues fused.
 Before quantizing, Linears that read the same tensor (attention's Q, K, V) are packed into
-one GEMM (:mod:`.graph_passes`): at batch 1 the three small GEMMs were mostly per-kernel
-overhead (3-block MiniLM student, batch 1 x 128: 3.68 -> 3.31 ms).
+one GEMM (:mod:`.graph_passes`): at batch 1 the three small GEMMs are mostly per-kernel
+overhead, which one larger GEMM pays once (measured: docs/quantization.md#which-int8-runtime,
+"Packed QKV").
 
-Why this backend as well as ONNX Runtime: measured on ``zoo:minilm-l6`` (2 threads,
-``benchmarks/minilm_int8.py``), static PT2E int8 is about 1.4x faster than ORT's own
-per-channel dynamic int8 at 32 x 128 tokens and at least as fast at batch 1, and loses
-0.1 STS-B Spearman points, because Inductor fuses the elementwise work (bias, GELU,
-residual adds, LayerNorm) that ORT runs as separate memory-bound kernels.
+Why this backend as well as ONNX Runtime: Inductor fuses the elementwise work (bias, GELU,
+residual adds, LayerNorm) into the oneDNN int8 kernels, while ORT runs it as separate
+memory-bound kernels; so on transformers static PT2E int8 is faster than ORT's own
+per-channel dynamic int8 at large batches and at least as fast at batch 1, and its
+calibrated ranges with per-channel weights cost almost no accuracy (measured on
+``zoo:minilm-l6`` with ``benchmarks/minilm_int8.py``: docs/quantization.md#which-int8-runtime).
 
 The artifact is the converted program saved with ``torch.export.save`` (``model.pt2``);
-:class:`Pt2eModel` loads it and compiles it on first call (tens of seconds on 2 cores).
+:class:`Pt2eModel` loads it and compiles it on first call (once per shape family, and far
+slower than a call).
 """
 from __future__ import annotations
 
@@ -179,7 +182,8 @@ def quantize_pt2e(model: nn.Module, example_inputs: Batch, calib: Iterable[Batch
             drop_integer_observers(prepared)  # int tensors (RoBERTa's position ids) stay exact
             # dynamic int8 still needs one forward: the weight observers record the weight
             # ranges when they run; unrun, convert quantizes the weights with meaningless
-            # scales (MiniLM STS-B 30 instead of 81; tiny Qwen2 output cosine 0.89 vs 0.99998)
+            # scales, which wrecks accuracy
+            # (measured: docs/quantization.md#figures-behind-design-choices-in-the-code)
             for batch in calib if static else (calib[:1] or [example_inputs]):
                 a, k = batch_args(batch)
                 prepared(*a, **k)
@@ -206,7 +210,8 @@ def drop_unused_attributes(gm: torch.fx.GraphModule) -> torch.fx.GraphModule:
 
     After ``convert_pt2e`` the Linear weights live on as int8 constants, but the float
     originals stay registered on the module; left there, the ``.pt2`` file would carry
-    both (a 3-layer MiniLM program with 4-bit embeddings measured 33.4 MB, 21 MB of it unused float weights).
+    both, and the unused float weights can be most of the file
+    (measured: docs/quantization.md#figures-behind-design-choices-in-the-code).
     """
     used = {str(n.target) for n in gm.graph.nodes if n.op == "get_attr"}
     names = [n for n, _ in gm.named_parameters()] + [n for n, _ in gm.named_buffers()]
@@ -233,8 +238,9 @@ class Pt2eModel(nn.Module):
     Takes the same arguments as the exported model. The first call of each new shape
     family compiles (the program is held outside the module tree, so ``.eval()`` and
     ``.parameters()`` see nothing to change). ``cpp_wrapper`` generates the kernel-launch
-    code as C++ instead of Python: compiling takes about twice as long, and a MiniLM call
-    at batch 1 is 9 % faster (6.7 vs 7.3 ms, measured).
+    code as C++ instead of Python: compiling takes longer, once, and every call saves the
+    Python launch overhead, which matters at batch 1
+    (measured: docs/quantization.md#figures-behind-design-choices-in-the-code).
     """
 
     def __init__(self, program: torch.export.ExportedProgram | str | os.PathLike[str], *, compile: bool = True,
@@ -259,9 +265,9 @@ class Pt2eModel(nn.Module):
         # freezing (weights as constants) is what lets Inductor pre-pack the int8 weights
         # and match the oneDNN int8 kernels; it must be set while a shape compiles (passing
         # it as a compile option instead fails on the pre-pack ops under fake tensors).
-        # Patching the config costs about 0.07 ms a call (2 % of minilm-fast's 3.3 ms batch-1
-        # call, measured interleaved), so only calls with an input signature not seen before
-        # (the ones that may compile) pay it.
+        # Patching the config costs a measurable share of a small batch-1 call
+        # (docs/quantization.md#figures-behind-design-choices-in-the-code), so only calls with an
+        # input signature not seen before (the ones that may compile) pay it.
         key = signature(args, kwargs)
         with torch.no_grad():
             if key in self._seen:

@@ -23,9 +23,8 @@ no loss given or with ``grad_source: output``, the sum of squares of the model's
 output tensor over ``ctx.calib_data`` (a data-only proxy for "how much the output depends on
 this unit"). The proxy can rank better than the task loss: a trained model fits most of its
 training samples, so their loss gradients are small and noisy, while the output's energy
-moves with every unit that shapes it. On EfficientNet-Lite0's head conv (10 %, scored on
-held-out calibration images) it kept 98.2 % top-1 agreement with the unpruned model against
-94.6 % for Taylor on the labelled cross-entropy.
+moves with every unit that shapes it (measured on EfficientNet-Lite0's head conv:
+docs/pruning.md#importance-criteria-and-the-data-they-need).
 
 ``prune.heads`` also offers ``importance="head"``, the head importance of Michel et al.
 2019: ``E_batches |dL/d xi_h|`` for a gate ``xi_h`` on each head's context output, read off

@@ -149,8 +149,9 @@ class ObdPrune(MethodConfig):
     batches: int | None = 16
     # "sample": square per-sample gradients (the empirical Fisher; needs every tensor of a
     # batch to hold the samples along dim 0); "batch": square whole-batch gradients (any
-    # batch layout, much noisier: digits CNN, 70 % global, 8 batches: 77 % accuracy vs 96 %
-    # per-sample); "auto": per-sample when the batches can be split, else per-batch.
+    # batch layout, much noisier, since cross-sample terms do not cancel in so few batches;
+    # measured: docs/pruning.md#figures-behind-design-choices-in-the-code); "auto":
+    # per-sample when the batches can be split, else per-batch.
     fisher: Literal["auto", "sample", "batch"] = "auto"
 
     def validate(self) -> None:

@@ -1,7 +1,8 @@
 """Vocabulary trimming (``prune.vocab``): keep only the embedding rows a corpus uses.
 
-A small transformer spends much of its size on the token-embedding table (MiniLM-L6:
-30522 x 384 = 11.7 M of 22.7 M parameters, 52 %), yet a given domain uses a fraction of
+A small transformer spends much of its size on the token-embedding table (for MiniLM-L6
+about half its parameters: docs/pruning.md#figures-behind-design-choices-in-the-code), yet
+a given domain uses a fraction of
 the vocabulary. Trimming keeps the rows of the ids that occur and maps every other id to
 ``unk_id``'s row, so the tokenizer, the id space and every caller stay unchanged.
 

@@ -1,7 +1,8 @@
 """Canonical Huffman coding of integer symbols (codebook indices, quantised codes).
 
 Deep Compression's last stage: k-means indices are far from uniform, so an entropy code
-saves another 20-30 % over fixed-width packing. Codes are *canonical* (sorted by length,
+stores them in fewer bits than fixed-width packing (the saving Han et al. report:
+docs/quantization.md#figures-behind-design-choices-in-the-code). Codes are *canonical* (sorted by length,
 then symbol, consecutive values), so the code is fully described by each symbol's code
 length; that is what the stored table holds.
 

@@ -152,9 +152,10 @@ class Int8Linear(_Int8Base):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         dtype = x.dtype
         if self.mode == "dynamic":
-            # reduce_range=False: full 8-bit activations (7-bit halved the embedding fidelity
-            # gain on MiniLM: cosine 0.97 -> 0.987). Pre-VNNI kernels are kept exact by
-            # 7-bit *weight* codes instead (set_weight), which cost less accuracy there.
+            # reduce_range=False: full 8-bit activations (7-bit activations lose much of the
+            # embedding fidelity int8 keeps; measured: docs/quantization.md#int8-on-cpus-with-and-without-vnni).
+            # Pre-VNNI kernels are kept exact by 7-bit *weight* codes instead (set_weight),
+            # which cost less accuracy there.
             return torch.ops.quantized.linear_dynamic(x.float(), self.packed(), False).to(dtype)  # [..., O]
         qy = torch.ops.quantized.linear(self._quant_in(x), self.packed(), float(self.act_qparams[2]),
                                         int(self.act_qparams[3]))

@@ -17,7 +17,8 @@ the codebook ``(-Wn, 0, Wp)`` (TTQ). XNOR layers keep binarising their input whe
 
 XNOR-Net assumes *signed* inputs (it orders its blocks BN -> binarise -> conv). After a ReLU
 (``conv -> BN -> ReLU -> conv`` in ``zoo:digits-cnn``) every input is >= 0 and plain
-``sign(x)`` is constant (measured: chance accuracy on digits), so slimkit binarises each
+``sign(x)`` is constant and carries no signal (measured: docs/quantization.md#low-bit-and-weight-sharing-size),
+so slimkit binarises each
 sample's input around its mean (see :func:`slimkit.quantize.packed.xnor_input`).
 """
 from __future__ import annotations

@@ -297,7 +297,7 @@ def xnor_input(x: torch.Tensor) -> torch.Tensor:
     ``|x - m|`` (XNOR-Net's per-position scale); STE in training. For signed, zero-mean
     inputs ``m ~ 0`` and this is XNOR-Net's ``sign(x) * K``. Centering matters after a ReLU,
     where every input is >= 0 and plain ``sign(x)`` is a constant that carries no signal
-    (measured on digits: chance accuracy without centering). The constant ``m`` costs one
+    (measured: docs/quantization.md#low-bit-and-weight-sharing-size). The constant ``m`` costs one
     extra term per output (``m * sum of the window's weights``), not a second bit.
     """
     m = x.detach().mean(dim=tuple(range(1, x.dim())), keepdim=True)  # [B, 1, ...]
