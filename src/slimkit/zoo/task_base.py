@@ -98,7 +98,7 @@ class LazyBatches(SequenceABC):
     """``make(slice)`` for consecutive slices of ``range(n)``, built on access.
 
     Lets evaluation walk 500 ImageNet images twice (model and reference) without holding
-    300 MB of preprocessed floats.
+    300 MB of preprocessed floats (500 x 3 x 224 x 224 float32).
     """
 
     def __init__(self, n: int, batch_size: int, make: Callable[[slice], Any]) -> None:
