@@ -23,3 +23,4 @@ from .share import vocab  # noqa: F401
 from .export import artifact  # noqa: F401
 from .export import pt2e  # noqa: F401
 from .distill import methods as _distill_methods  # noqa: F401
+from .distill import intermediate as _distill_intermediate  # noqa: F401

@@ -20,14 +20,13 @@ loads the trained weights into the structure earlier records rebuilt.
 from __future__ import annotations
 
 import dataclasses
-import fnmatch
 from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..core import Context, MethodConfig, MethodError, Record, Targets, method_config, register_method
+from ..core import ConfigError, Context, MethodConfig, MethodError, Record, Targets, method_config, register_method
 from .cache import cache_outputs, cache_teacher_topk, kd_with
 from .engine import DistillResult, distill, split_batch
 from .losses import cosine_loss
@@ -54,7 +53,7 @@ class _TrainOptions(MethodConfig):
     patience: int | None = None
     keep_best: bool = False
     seed: int | None = None  # None: ctx.seed
-    freeze: tuple[str, ...] = ()  # fnmatch patterns of parameter names left untrained
+    freeze: tuple[str, ...] = ()  # parameter-name patterns (globs or re:, as in targets) left untrained
     dropout: float | None = None  # None: the model's own rates; a float: every Dropout's rate while training
 
     def validate(self) -> None:
@@ -70,6 +69,10 @@ class _TrainOptions(MethodConfig):
         self._require(self.patience is None or self.patience > 0, "patience", "a positive int or null", self.patience)
         self._require(all(isinstance(p, str) and p for p in self.freeze), "freeze",
                       "a list of parameter-name patterns", self.freeze)
+        try:
+            Targets(include=self.freeze)  # a bad re: pattern fails here, not mid-run
+        except ConfigError as exc:
+            raise ConfigError(exc.bare, key="freeze") from exc
         self._require(self.dropout is None or 0.0 <= self.dropout < 1.0, "dropout", "a rate in [0, 1) or null",
                       self.dropout)
 
@@ -138,7 +141,8 @@ def frozen_parameters(model: nn.Module, patterns: tuple[str, ...], kind: str) ->
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     out = []
     for pat in patterns:
-        hits = [p for n, p in named if fnmatch.fnmatchcase(n, pat)]
+        select = Targets(include=(pat,))  # globs and re: patterns, exactly as a step's targets
+        hits = [p for n, p in named if select.matches(n, model.get_submodule(n.rpartition(".")[0]))]
         if not hits:
             raise MethodError(f"{kind}: freeze pattern {pat!r} matches no trainable parameter "
                               f"(names look like {[n for n, _ in named[:3]]})")
