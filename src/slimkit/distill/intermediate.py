@@ -157,6 +157,11 @@ def distill_intermediate(model: nn.Module, config: IntermediateDistill, targets:
     trainee = _Trainee(s_tap, _projections(matches, pairs, s_f, t_f), maps)
     used = sorted({s for s, _ in pairs})
 
+    projs = dict(trainee.projs.items())  # the same modules, looked up as a plain dict
+
+    def proj(mi: int, s: int) -> nn.Module | None:
+        return projs.get(f"{mi}_{s}")
+
     def loss(s_out: Any, t_out: Any, batch: Any) -> torch.Tensor:
         mask = _mask(batch)
         (s_o, s_feats), (t_o, t_feats) = s_out, t_out
@@ -167,12 +172,10 @@ def distill_intermediate(model: nn.Module, config: IntermediateDistill, targets:
             elif learned:
                 def cost(sp: Any, t: Features, m: Match = m) -> torch.Tensor:
                     return match_loss(m, sp[0], t, sp[1], mask)
-                sides = [(f, trainee.projs[f"{mi}_{s}"] if f"{mi}_{s}" in trainee.projs else None)
-                         for s, f in enumerate(s_feats)]
+                sides = [(f, proj(mi, s)) for s, f in enumerate(s_feats)]
                 term = trainee.maps[str(mi)](sides, t_feats, cost) / len(s_feats)
             else:
-                term = torch.stack([match_loss(m, s_feats[s], t_feats[t], trainee.projs[f"{mi}_{s}"]
-                                               if f"{mi}_{s}" in trainee.projs else None, mask)
+                term = torch.stack([match_loss(m, s_feats[s], t_feats[t], proj(mi, s), mask)
                                     for s, t in pairs]).mean()
             total = total + m.weight * term
         if config.logits != "none":

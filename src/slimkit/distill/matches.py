@@ -31,6 +31,7 @@ content part of the map for relative-position ones.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 from typing import Any
 
@@ -39,7 +40,15 @@ from torch import nn
 
 from ..core import ConfigError, MethodError
 from .features import Features
-from .losses import attention_kl, attention_mse, attention_transfer, cosine_loss, fsp_loss, hidden_mse, minilm_relation_loss
+from .losses import (
+    attention_kl,
+    attention_mse,
+    attention_transfer,
+    cosine_loss,
+    fsp_loss,
+    hidden_mse,
+    minilm_relation_loss,
+)
 
 WHATS: dict[str, dict[str, Any]] = {  # what -> {option: default}
     "hidden": {"loss": "mse"},
@@ -177,7 +186,7 @@ def fsp_chain(s_feats: list[Features], t_feats: list[Features], pairs: list[tupl
         raise MethodError("distill.intermediate: fsp compares consecutive matched layers; the layer map pairs "
                           f"only {len(pairs)} layer(s)")
     losses = []
-    for (sa, ta), (sb, tb) in zip(pairs, pairs[1:]):
+    for (sa, ta), (sb, tb) in itertools.pairwise(pairs):
         xs = [_as_map(f["hidden"], _mask_for(mask, f["hidden"])) for f in (s_feats[sa], s_feats[sb])]
         xt = [_as_map(f["hidden"], _mask_for(mask, f["hidden"])).to(xs[0].dtype) for f in (t_feats[ta], t_feats[tb])]
         try:
@@ -187,5 +196,13 @@ def fsp_chain(s_feats: list[Features], t_feats: list[Features], pairs: list[tupl
     return torch.stack(losses).mean()
 
 
-__all__ = ["Match", "NEEDS_QKV", "WHATS", "attention_probs", "fsp_chain", "make_projection", "match_loss",
-           "parse_matches"]
+__all__ = [
+    "NEEDS_QKV",
+    "WHATS",
+    "Match",
+    "attention_probs",
+    "fsp_chain",
+    "make_projection",
+    "match_loss",
+    "parse_matches",
+]

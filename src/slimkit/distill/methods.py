@@ -26,7 +26,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..core import ConfigError, Context, MethodConfig, MethodError, Record, Targets, method_config, register_method
+from ..core import (
+    ConfigError,
+    Context,
+    MethodConfig,
+    MethodError,
+    Record,
+    Targets,
+    method_config,
+    register_method,
+)
 from .cache import cache_outputs, cache_teacher_topk, kd_with
 from .engine import DistillResult, distill, split_batch
 from .losses import cosine_loss

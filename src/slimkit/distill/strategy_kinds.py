@@ -32,7 +32,15 @@ from ..core import Context, MethodError, Record, Targets, apply, method_config, 
 from .engine import DistillResult
 from .mapping import uniform_map
 from .methods import _record, _run, _TrainOptions
-from .objectives import DataChoice, OutputLoss, class_labels, load_model_spec, output_loss, output_tensor, step_data
+from .objectives import (
+    DataChoice,
+    OutputLoss,
+    class_labels,
+    load_model_spec,
+    output_loss,
+    output_tensor,
+    step_data,
+)
 from .strategies import MultiTeacher
 
 _SCHEMES = ("zoo", "hf", "py")
