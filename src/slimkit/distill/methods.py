@@ -15,7 +15,11 @@
   block should compute, not just the pooled result.
 
 Both only change weights (stage ``train``), so they need no replay: ``slimkit.restore``
-loads the trained weights into the structure earlier records rebuilt.
+loads the trained weights into the structure earlier records rebuilt. The other recipe
+kinds build on this module's loop options and ``_run``: ``distill.intermediate``
+(:mod:`.intermediate`) and the strategies ``distill.multi_teacher``,
+``distill.assistant_chain``, ``distill.mutual`` and ``distill.born_again``
+(:mod:`.strategy_kinds`).
 """
 from __future__ import annotations
 
