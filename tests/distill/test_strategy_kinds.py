@@ -157,3 +157,19 @@ def test_bad_options_name_the_key(kind: str, options: dict[str, Any], key: str) 
     with pytest.raises(ConfigError) as err:
         config_class(kind).from_dict(options)
     assert err.value.key == key
+
+
+def test_teacher_specs_may_be_folder_paths_of_hf_models_and_slimkit_artifacts(tmp_path: Path) -> None:
+    from slimkit import zoo
+
+    folder = st_folder(tmp_path / "teacher", seed=3)
+    artifact = tmp_path / "artifact"
+    slimkit.save(zoo.load(f"hf:{folder}").model, artifact)  # the manifest names hf:<folder>
+    student = SentenceEmbedder(bert(1))
+    ctx = Context(calib_data=token_batches(), progress=False)
+    out, rec = run("distill.multi_teacher", {"teachers": [str(folder), str(artifact)], "loss": "cosine", "steps": 2},
+                   student, ctx)
+    assert changed(student, out) and rec.data["teachers"] == [str(folder), str(artifact)]
+    with pytest.raises(ModelSpecError, match="neither a slimkit artifact"):
+        run("distill.multi_teacher", {"teachers": [str(tmp_path), str(folder)], "loss": "cosine", "steps": 1},
+            student, ctx)

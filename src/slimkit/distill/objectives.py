@@ -5,6 +5,7 @@ model specs.
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -78,21 +79,42 @@ def step_data(data: DataChoice, ctx: Context, kind: str, *, labels_first: bool) 
     raise MethodError(f"{kind} (data: {data}) needs {' or '.join(f'Context.{a}' for a in order)}; none is set")
 
 
+def is_path_spec(spec: str) -> bool:
+    """Whether ``spec`` reads as a folder path (``./teacher``, ``/models/t``, ``~/t``) rather than a name."""
+    return "/" in spec or spec.startswith((".", "~"))
+
+
 def load_model_spec(spec: str, ctx: Context, kind: str) -> nn.Module:
-    """The model a teacher / peer spec names: ``context`` is ``ctx.teacher``; ``zoo:NAME`` and
-    ``hf:PATH`` load through :func:`slimkit.zoo.load`. ``py:module:factory`` runs code, so a
-    recipe may name it only when the caller opted in with ``ctx.extras["trust_code"] = True``."""
+    """The model a teacher / peer spec names.
+
+    ``context`` is ``ctx.teacher``; ``zoo:NAME`` and ``hf:PATH`` load through
+    :func:`slimkit.zoo.load`; a folder path loads a saved slimkit artifact (``manifest.json``,
+    restored with its records) or a Hugging Face folder. ``py:module:factory`` runs code, so a
+    recipe may name it (directly or through an artifact's manifest) only when the caller opted
+    in with ``ctx.extras["trust_code"] = True``.
+    """
     if spec == "context":
         if ctx.teacher is None:
             raise MethodError(f"{kind}: spec 'context' names Context.teacher, which is not set")
         return ctx.teacher
-    if runs_code(spec) and ctx.extras.get("trust_code") is not True:
+    trust = ctx.extras.get("trust_code") is True
+    if runs_code(spec) and not trust:
         raise ModelSpecError(f"{kind}: model spec {spec!r} would import and run Python code; set "
                              "Context.extras['trust_code'] = True to allow it, or use zoo:/hf: specs")
     from .. import zoo
 
+    if is_path_spec(spec) and ":" not in spec.partition("/")[0]:
+        path = Path(spec).expanduser()
+        if (path / "manifest.json").is_file():
+            from ..cli.pipeline import load_artifact
+
+            return load_artifact(path, trust_code=trust)[0].to(ctx.device)
+        if not (path / "config.json").is_file():
+            raise ModelSpecError(f"{kind}: {spec!r} is neither a slimkit artifact (manifest.json) nor a Hugging "
+                                 "Face folder (config.json)")
+        spec = f"hf:{path}"
     return zoo.load(spec).model.to(ctx.device)
 
 
-__all__ = ["DataChoice", "OutputLoss", "class_labels", "compare_outputs", "load_model_spec", "output_loss",
+__all__ = ["DataChoice", "OutputLoss", "class_labels", "compare_outputs", "is_path_spec", "load_model_spec", "output_loss",
            "output_tensor", "step_data"]

@@ -1,7 +1,8 @@
 """Recipe kinds for the distillation strategies of :mod:`slimkit.distill.strategies`.
 
 - ``distill.multi_teacher``: learn from the average of several teachers, each named by a
-  model spec (``context`` = ``Context.teacher``, ``zoo:NAME``, ``hf:PATH``).
+  model spec (``context`` = ``Context.teacher``, ``zoo:NAME``, ``hf:PATH``, or the folder
+  of a saved slimkit artifact).
 - ``distill.assistant_chain``: TAKD; the teacher first teaches one or more assistants
   (an int: a copy of the teacher keeping that many evenly spaced blocks; a string: a model
   spec), the last assistant teaches the model.
@@ -36,6 +37,7 @@ from .objectives import (
     DataChoice,
     OutputLoss,
     class_labels,
+    is_path_spec,
     load_model_spec,
     output_loss,
     output_tensor,
@@ -47,8 +49,11 @@ _SCHEMES = ("zoo", "hf", "py")
 
 
 def _spec_ok(spec: Any, extra: tuple[str, ...] = ("context",)) -> bool:
-    scheme, _, rest = spec.partition(":") if isinstance(spec, str) else ("", "", "")
-    return spec in extra or (scheme in _SCHEMES and bool(rest))
+    """``context`` (and ``extra`` words), ``zoo:`` / ``hf:`` / ``py:`` specs, or a folder path."""
+    if not isinstance(spec, str):
+        return False
+    scheme, _, rest = spec.partition(":")
+    return spec in extra or (scheme in _SCHEMES and bool(rest)) or is_path_spec(spec)
 
 
 @method_config
