@@ -85,11 +85,11 @@ def parse_matches(raw: tuple[Any, ...]) -> list[Match]:
         if not isinstance(m, dict):
             raise ConfigError(f"expected a mapping such as {{what: hidden}}, got {m!r}", key=where)
         what = m.get("what")
-        if what not in WHATS:
+        if not isinstance(what, str) or what not in WHATS:
             raise ConfigError(f"expected one of {sorted(WHATS)}, got {what!r}", key=f"{where}.what")
         allowed = WHATS[what]
         for key in m:
-            if key not in ("what", "weight", *allowed):
+            if not isinstance(key, str) or key not in ("what", "weight", *allowed):
                 raise ConfigError(f"unknown option for {what}; expected one of {sorted(['weight', *allowed])}",
                                   key=f"{where}.{key}")
         weight = m.get("weight", 1.0)
