@@ -52,7 +52,7 @@ def test_preset_runs_on_a_tiny_stand_in() -> None:
     assert len(out.encoder.encoder.layer) == 3
     rec = slimkit.records(out)[-1]
     blocks = "encoder.encoder.layer"
-    assert rec.data["pairs"] == [[f"{blocks}.1", f"{blocks}.4"], [f"{blocks}.2", f"{blocks}.5"]]
+    assert rec.data["pairs"] == [[f"{blocks}.2", f"{blocks}.5"]]  # last_k, k=1: last block <- last block
     assert rec.data["steps"] == 3 and rec.data["projections"] == []
     shrunk = Recipe(steps=steps[:1], name="t").run(teacher, ctx)
     assert any(not torch.equal(a, b) for a, b in zip(shrunk.state_dict().values(), out.state_dict().values(),
