@@ -137,6 +137,12 @@ CONTRACT: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
     "export.pt2e": ("digits_cnn", {"file": "contract.pt2", "calib_batches": 2}, {}),
     "distill.logits": ("digits_cnn", {"steps": 3, "temperature": 2.0}, {}),
     "distill.embedding": ("digits_cnn", {"steps": 3, "loss": "mse"}, {}),
+    "distill.intermediate": ("tiny_bert", {"steps": 2, "layer_map": "last_k", "k": 1,
+                                           "matches": [{"what": "attention_relation"}, {"what": "hidden"}]}, {}),
+    "distill.multi_teacher": ("digits_cnn", {"steps": 2, "teachers": ["context", "context"], "weights": [2, 1]}, {}),
+    "distill.assistant_chain": ("tiny_bert", {"steps": 2, "assistants": [1], "loss": "mse"}, {}),
+    "distill.mutual": ("digits_cnn", {"steps": 2}, {}),
+    "distill.born_again": ("digits_cnn", {"steps": 2, "generations": 2}, {}),
 }
 
 KINDS = slimkit.kinds()  # at collection time: every registered method gets a test

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import slimkit
-from slimkit.core import Context, MethodError, Targets, records
+from slimkit.core import ConfigError, Context, MethodError, Targets, records
 from slimkit.distill.cache import cache_outputs
 from slimkit.distill.methods import EmbeddingDistill, block_pairs, token_cosine_loss
 from slimkit.prune.layers import LayerPrune
@@ -185,3 +185,14 @@ def test_dropout_option_is_validated_and_reaches_the_loop() -> None:
                                   Context(train_data=data, teacher=teacher, progress=False, seed=0)))
         assert runs[-1].layers[-1].p == 0.5  # the rate is restored after training
     assert not torch.equal(runs[0].layers[0][0].weight, runs[1].layers[0][0].weight)
+
+
+def test_freeze_takes_re_patterns_like_targets() -> None:
+    teacher, student = TinyEncoder(seed=1), TinyEncoder(seed=2)
+    out = slimkit.apply(student, EmbeddingDistill(steps=5, lr=0.05, freeze=(r"re:emb\.weight",)), Targets(),
+                        Context(train_data=batches(3, 6), teacher=teacher, progress=False))
+    assert torch.equal(out.emb.weight, student.emb.weight)
+    assert not torch.equal(out.layers[0][0].weight, student.layers[0][0].weight)
+    with pytest.raises(ConfigError) as err:
+        EmbeddingDistill(freeze=("re:(",))
+    assert err.value.key == "freeze"

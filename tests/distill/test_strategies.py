@@ -313,3 +313,14 @@ def test_feature_tap_removes_hooks_when_the_forward_fails():
     with pytest.raises(RuntimeError), FeatureTap(model, ["0"]):
         model(torch.randn(2, 7))  # wrong input width
     assert _all_hooks_gone(model)
+
+
+def test_feature_tap_takes_re_patterns_like_targets():
+    torch.manual_seed(0)
+    model = nn.Module()
+    model.encoder = _Encoder()
+    with FeatureTap(model, r"re:encoder\.layer\.\d+") as tap:  # fullmatch: not the .dense children
+        model.encoder(torch.randn(2, 3, 4))
+    assert sorted(tap.outputs) == ["encoder.layer.0", "encoder.layer.1"]
+    with pytest.raises(MethodError, match="no module named"):
+        FeatureTap(model, r"re:encoder\.layer\.[5-9]")

@@ -1,4 +1,9 @@
-"""Knowledge distillation: pure loss functions, student <- teacher layer maps and multi-model strategies."""
+"""Knowledge distillation: pure loss functions, student <- teacher layer maps and multi-model strategies.
+
+Recipe kinds: ``distill.logits`` and ``distill.embedding`` (:mod:`.methods`), ``distill.intermediate``
+(:mod:`.intermediate`), ``distill.multi_teacher`` / ``assistant_chain`` / ``mutual`` / ``born_again``
+(:mod:`.strategy_kinds`); ``slimkit.catalog`` imports them so the registry is complete.
+"""
 from __future__ import annotations
 
 from slimkit.distill.losses import (
@@ -15,7 +20,7 @@ from slimkit.distill.losses import (
     rkd_angle_loss,
     rkd_distance_loss,
 )
-from slimkit.distill.mapping import LearnedLayerMap, explicit_map, last_k_map, uniform_map
+from slimkit.distill.mapping import LearnedLayerMap, explicit_map, last_k_map, layer_pairs, uniform_map
 from slimkit.distill.strategies import (
     FeatureTap,
     MultiTeacher,
@@ -38,6 +43,7 @@ __all__ = [
     "hidden_mse",
     "kd_loss",
     "last_k_map",
+    "layer_pairs",
     "logit_mse",
     "minilm_relation_loss",
     "mutual_learning",

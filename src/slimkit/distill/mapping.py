@@ -69,6 +69,50 @@ def explicit_map(mapping: dict[int, int], n_student: int, n_teacher: int) -> dic
     return out
 
 
+def layer_pairs(layer_map: str, n_student: int, n_teacher: int, *, k: int | None = None,
+                pairs: Sequence[tuple[int, int]] = ()) -> list[tuple[int, int]]:
+    """The ``(student_layer, teacher_layer)`` pairs a recipe's ``layer_map`` option names.
+
+    - ``uniform``: every student layer, :func:`uniform_map`.
+    - ``last_k``: the last ``k`` student layers <- the last ``k`` teacher layers, in order
+      (``k`` = 3 of a 3-layer student and a 6-layer teacher: ``(0, 3), (1, 4), (2, 5)``;
+      ``k`` = 1 is MiniLM's "last layer only"); ``k=None`` is every student layer, i.e.
+      :func:`last_k_map` (PKD-Last).
+    - ``explicit``: ``pairs`` as given, validated by :func:`explicit_map`.
+    - ``learned``: every student layer with every teacher layer (a :class:`LearnedLayerMap`
+      weighs them).
+
+    Errors are :class:`ConfigError` naming the recipe key at fault (``k``, ``pairs``,
+    ``layer_map``).
+    """
+    _check_positive(n_student, n_teacher)
+    if layer_map == "uniform":
+        if n_student > n_teacher:
+            raise ConfigError(f"uniform needs no more student layers ({n_student}) than teacher layers "
+                              f"({n_teacher}); use explicit or learned", key="layer_map")
+        return list(enumerate(uniform_map(n_student, n_teacher)))
+    if layer_map == "last_k":
+        k = n_student if k is None else k
+        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= min(n_student, n_teacher):
+            raise ConfigError(f"expected an int in [1, {min(n_student, n_teacher)}] (student has {n_student} "
+                              f"layers, teacher {n_teacher}), got {k!r}", key="k")
+        return [(n_student - k + i, t) for i, t in enumerate(last_k_map(k, n_teacher))]
+    if layer_map == "explicit":
+        mapping: dict[int, int] = {}
+        for pair in pairs:
+            s, t = pair
+            if s in mapping:
+                raise ConfigError(f"student layer {s} is paired twice", key="pairs")
+            mapping[s] = t
+        try:
+            return list(explicit_map(mapping, n_student, n_teacher).items())
+        except ConfigError as exc:
+            raise ConfigError(exc.bare, key="pairs") from exc
+    if layer_map == "learned":
+        return [(s, t) for s in range(n_student) for t in range(n_teacher)]
+    raise ConfigError(f"expected uniform, last_k, explicit or learned, got {layer_map!r}", key="layer_map")
+
+
 class LearnedLayerMap(nn.Module):
     """Learnable many-to-many student <- teacher layer weights (soft form of BERT-EMD, Li et al. 2020).
 

@@ -35,10 +35,6 @@ from .cache import cache_outputs, cache_teacher_topk, kd_with
 from .losses import cosine_loss
 from .strategies import FeatureTap
 
-# The loop options now live in slimkit.train (one engine for every training kind); the old
-# name stays importable for kinds written against it.
-_TrainOptions = TrainOptions
-
 
 @method_config
 class LogitsDistill(TrainOptions):
@@ -186,5 +182,5 @@ def distill_embedding(model: nn.Module, config: EmbeddingDistill, targets: Targe
     return _record(config.kind, _run(student, config, run_ctx, data, loss, cache, names_of=model))
 
 
-__all__ = ["EmbeddingDistill", "LogitsDistill", "_TrainOptions", "block_pairs", "distill_embedding", "distill_logits",
+__all__ = ["EmbeddingDistill", "LogitsDistill", "block_pairs", "distill_embedding", "distill_logits",
            "frozen_parameters", "token_cosine_loss"]

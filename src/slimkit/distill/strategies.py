@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import copy
 import difflib
-import fnmatch
 import math
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -27,6 +26,7 @@ from torch.utils.hooks import RemovableHandle
 
 from ..core.context import Batch, call_model
 from ..core.errors import MethodError
+from ..core.targets import Targets
 from .engine import DistillResult, LossFn, _optimizer, _Stream, distill, split_batch, to_device
 from .losses import kd_loss
 
@@ -263,9 +263,9 @@ class FeatureTap:
     ``with FeatureTap(model, ["encoder.layer.0", "features.*"]) as tap: model(x)`` leaves
     ``tap.outputs[name]`` holding each matched module's output (the first element when it
     returns a tuple, as transformer layers do). Names are those of ``model.named_modules()``;
-    fnmatch globs are allowed (``*`` crosses dots, as in :mod:`slimkit.core.targets`: ``"layer.?"``
-    picks the layers, ``"layer.*"`` their children too) and each pattern must match at least one
-    module. Outputs keep their autograd graph, so a student's captured features can be trained
+    patterns match as in :class:`slimkit.core.Targets`: fnmatch globs (``*`` crosses dots:
+    ``"layer.?"`` picks the layers, ``"layer.*"`` their children too) or ``re:`` regular
+    expressions (``"re:layer\\.[0-3]"``), and each pattern must match at least one module. Outputs keep their autograd graph, so a student's captured features can be trained
     through; a module called twice in one forward keeps its last output. Hooks are removed on
     exit, even on error.
     """
@@ -278,7 +278,11 @@ class FeatureTap:
         available = [n for n in modules if n]
         chosen: dict[str, nn.Module] = {}
         for pattern in patterns:
-            hits = [pattern] if pattern in modules else [n for n in available if fnmatch.fnmatchcase(n, pattern)]
+            if pattern in modules:
+                hits = [pattern]
+            else:
+                select = Targets(include=(pattern,))
+                hits = [n for n in available if select.matches(n, modules[n])]
             if not hits:
                 close = difflib.get_close_matches(pattern, available, n=5) or available[:8]
                 raise MethodError(f"FeatureTap: no module named {pattern!r} in {type(model).__name__}; "

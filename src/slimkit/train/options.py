@@ -13,6 +13,7 @@ import dataclasses
 from typing import Any, ClassVar, Literal
 
 from ..core.config import MethodConfig, method_config
+from ..core.targets import check_patterns
 
 Optimizer = Literal["adamw", "adam", "sgd"]
 LrSchedule = Literal["linear", "cosine", "constant"]
@@ -50,7 +51,7 @@ class TrainOptions(MethodConfig):
     patience: int | None = None
     keep_best: bool = False
     seed: int | None = None  # None: ctx.seed
-    freeze: tuple[str, ...] = ()  # fnmatch patterns of parameter names left untrained
+    freeze: tuple[str, ...] = ()  # parameter-name patterns (globs or re:, as in targets) left untrained
     dropout: float | None = None  # None: the model's own rates; a float: every Dropout's rate while training
     amp: Amp = "none"
 
@@ -71,6 +72,7 @@ class TrainOptions(MethodConfig):
         self._require(self.patience is None or self.patience > 0, "patience", "a positive int or null", self.patience)
         self._require(all(isinstance(p, str) and p for p in self.freeze), "freeze",
                       "a list of parameter-name patterns", self.freeze)
+        check_patterns(self.freeze, "freeze")  # a bad re: pattern fails here, not mid-run
         self._require(self.dropout is None or 0.0 <= self.dropout < 1.0, "dropout", "a rate in [0, 1) or null",
                       self.dropout)
 

@@ -5,7 +5,6 @@ Each is a function or a small class with no knowledge of the loop around it, so 
 """
 from __future__ import annotations
 
-import fnmatch
 import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
@@ -16,6 +15,7 @@ from torch import nn
 
 from ..core.context import Batch, call_model, to_device
 from ..core.errors import MethodError
+from ..core.targets import name_matches
 from .options import Amp, LrSchedule
 
 
@@ -194,7 +194,7 @@ def frozen_parameters(model: nn.Module, patterns: tuple[str, ...], what: str) ->
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     out: list[nn.Parameter] = []
     for pat in patterns:
-        hits = [p for n, p in named if fnmatch.fnmatchcase(n, pat)]
+        hits = [p for n, p in named if name_matches(pat, n)]  # globs and re:, as in targets
         if not hits:
             raise MethodError(f"{what}: freeze pattern {pat!r} matches no trainable parameter "
                               f"(names look like {[n for n, _ in named[:3]]})")
