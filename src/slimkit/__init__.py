@@ -56,7 +56,7 @@ def _build_spec(spec: str) -> object:
 _plugins.set_catalog_loader(_load_catalog)
 _plugins.set_spec_builder(_build_spec)  # type: ignore[arg-type]
 
-_SUBPACKAGES = {"zoo", "measure", "prune", "quantize", "export", "cli", "core"}
+_SUBPACKAGES = {"zoo", "measure", "prune", "quantize", "distill", "train", "share", "export", "app", "cli", "core"}
 
 
 def __getattr__(name: str) -> object:
