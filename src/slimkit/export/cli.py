@@ -1,10 +1,12 @@
-"""``slimkit export DIR --format onnx|pt2e``: restore a saved model and write it as a checked
-ONNX file (ONNX Runtime) or PT2E int8 program (PyTorch's x86 Inductor backend)."""
+"""``slimkit export DIR --format onnx|pt2e|hf``: restore a saved model and write it as a checked
+ONNX file (ONNX Runtime), PT2E int8 program (PyTorch's x86 Inductor backend) or Hugging Face
+folder (``from_pretrained``, :mod:`.hf`)."""
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
+from ..core.record import records
 from .artifact import Int8Mode, write_onnx
 
 
@@ -28,8 +30,13 @@ def export_artifact(path: Path, *, out: Path | None = None, int8: Int8Mode | Non
     from ..core.errors import ConfigError, MethodError
     from ..core.safety import seal
 
-    if fmt not in ("onnx", "pt2e"):
-        raise ConfigError(f"unknown export format {fmt!r}; expected onnx or pt2e", key="format")
+    if fmt not in ("onnx", "pt2e", "hf"):
+        raise ConfigError(f"unknown export format {fmt!r}; expected onnx, pt2e or hf", key="format")
+    if fmt == "hf":
+        if int8 is not None or exclude or task_name is not None:
+            raise ConfigError("--format hf writes the float HF model: --int8, --exclude and --task do not apply",
+                              key="int8")
+        return _export_hf(Path(path), out, trust_code)
     if int8 is None:
         int8 = "static" if fmt == "pt2e" else "none"
     if int8 not in ("none", "dynamic", "static"):
@@ -62,3 +69,17 @@ def export_artifact(path: Path, *, out: Path | None = None, int8: Int8Mode | Non
     if dest.resolve().parent == Path(path).resolve():
         seal(path)  # the new file is part of the artifact now
     return doc
+
+
+def _export_hf(path: Path, out: Path | None, trust_code: bool) -> dict[str, Any]:
+    """``--format hf``: the folder ``out`` (default ``path/hf``), reloaded and checked against the restored model.
+
+    It is a subfolder, so the artifact's manifest (top-level files) is left as it was."""
+    from ..cli.pipeline import load_artifact
+    from .hf import write_hf
+
+    model, zm = load_artifact(path, trust_code=trust_code)
+    dest = Path(out) if out is not None else path / "hf"
+    tokenizer = None if any(r.kind == "prune.vocab" for r in records(model)) else zm.tokenizer
+    return {"model": str(path), **write_hf(model, dest, example_inputs=zm.example_inputs(2, 16),
+                                           tokenizer=tokenizer)}

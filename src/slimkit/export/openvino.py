@@ -1,0 +1,214 @@
+"""OpenVINO: convert a model (through slimkit's ONNX export), quantize it with NNCF, serve it.
+
+:class:`OvModel` is an ``nn.Module`` whose ``forward`` runs an OpenVINO CPU compiled model,
+so the zoo tasks (``Task.evaluate``), ``measure.compare`` and ``call_model`` drive it exactly
+like the torch model it came from (as :class:`~.onnx.OrtModel` does for ONNX Runtime).
+
+Conversion goes through the ONNX file of :func:`~.onnx.export_onnx` (``ov.convert_model``
+reads it): the same graph view (one output tensor, an encoder-decoder's encoder), the same
+input names and the same dynamic batch / sequence axes as the ONNX Runtime artifacts, and
+slimkit int8 layers exported through their dequantized float twins.
+
+:func:`quantize_ov` is NNCF post-training quantization of the OpenVINO model (int8 weights
+and activations, ranges from calibration batches; ``transformer=True`` selects NNCF's
+transformer scheme, which keeps LayerNorm / softmax / GELU inputs in float).
+
+OpenVINO is optional (``pip install 'slimkit[openvino]'``): without it every entry point
+raises a :class:`~slimkit.core.errors.MethodError` that says so.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..core.context import Batch, batch_args
+from ..core.errors import ArtifactError, MethodError, SlimkitError
+
+INSTALL_HINT = "pip install 'slimkit[openvino]' (openvino and nncf)"
+
+
+def available() -> bool:
+    """Whether OpenVINO can be imported here (benchmarks use it to write a "not installed" row)."""
+    try:
+        import openvino  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _ov() -> Any:
+    try:
+        import openvino as ov
+    except ImportError as e:
+        raise MethodError(f"the OpenVINO backend needs openvino: {INSTALL_HINT}") from e
+    return ov
+
+
+def _nncf() -> Any:
+    try:
+        import nncf
+    except ImportError as e:
+        raise MethodError(f"OpenVINO int8 quantization needs nncf: {INSTALL_HINT}") from e
+    return nncf
+
+
+def convert_ov(source: nn.Module | str | os.PathLike[str], example_inputs: Batch | None = None, **onnx_kw: Any) -> Any:
+    """An ``openvino.Model`` from an ONNX file, or from a torch model exported to ONNX first.
+
+    ``onnx_kw`` go to :func:`~.onnx.export_onnx` (``output``, ``part``, ``dynamic_batch``...);
+    a torch model needs ``example_inputs``. Slimkit int8 layers are exported through their
+    dequantized float twins (:mod:`.int8_float`), as for ONNX.
+    """
+    ov = _ov()
+    if isinstance(source, nn.Module):
+        from .int8_float import dequantized_int8
+        from .onnx import export_onnx
+
+        if example_inputs is None:
+            raise MethodError("converting a torch model to OpenVINO needs example inputs")
+        with tempfile.TemporaryDirectory() as tmp, dequantized_int8(source):
+            path = export_onnx(source, example_inputs, Path(tmp) / "model.onnx", **onnx_kw)
+            return _read(ov, path)
+    path = Path(source)
+    if not path.is_file():
+        raise ArtifactError(f"{path} not found")
+    return _read(ov, path)
+
+
+def _read(ov: Any, path: Path) -> Any:
+    try:
+        return ov.convert_model(str(path))
+    except Exception as exc:  # the frontends raise their own types for unsupported ops
+        raise MethodError(f"OpenVINO could not convert {path.name}: {exc}") from exc
+
+
+def feeds_for(model: Any, batch: Batch) -> dict[str, np.ndarray]:
+    """The OpenVINO input dict (name -> numpy in the declared dtype) for one slimkit batch."""
+    names = [i.get_any_name() for i in model.inputs]
+    args, kwargs = batch_args(batch)
+    return _named_arrays(names, _ov_dtypes(model), args, kwargs, "OpenVINO model")
+
+
+def quantize_ov(model: Any, calib: Sequence[Batch], *, transformer: bool = False, subset_size: int | None = None,
+                fast_bias_correction: bool = True) -> Any:
+    """NNCF post-training int8 quantization of an ``openvino.Model`` on ``calib`` batches.
+
+    Every batch is one NNCF sample, fed whole; ``subset_size`` (default: all of them) is the
+    number of batches NNCF draws statistics from. ``transformer=True`` is NNCF's
+    ``ModelType.TRANSFORMER`` scheme (for BERT-like encoders).
+    """
+    nncf = _nncf()
+    if not calib:
+        raise MethodError("OpenVINO int8 quantization needs calibration batches")
+    items = [feeds_for(model, b) for b in calib]
+    kw: dict[str, Any] = {"subset_size": subset_size or len(items), "fast_bias_correction": fast_bias_correction}
+    if transformer:
+        kw["model_type"] = nncf.ModelType.TRANSFORMER
+    try:
+        return nncf.quantize(model, nncf.Dataset(items), **kw)
+    except SlimkitError:
+        raise
+    except Exception as exc:  # NNCF raises many types for graphs it cannot handle
+        raise MethodError(f"NNCF quantization failed: {type(exc).__name__}: {exc}") from exc
+
+
+def save_ov(model: Any, path: str | os.PathLike[str]) -> Path:
+    """Write ``model`` as ``path`` (``.xml``) plus its ``.bin`` weights, without fp16 weight compression
+    (OpenVINO's default would halve float weights: the file must compute what was measured)."""
+    ov = _ov()
+    path = Path(path)
+    if path.suffix != ".xml":
+        raise MethodError(f"an OpenVINO model is written as a .xml file (with a .bin beside it), got {path.name}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ov.save_model(model, str(path), compress_to_fp16=False)
+    return path
+
+
+def ov_bytes(path: str | os.PathLike[str]) -> int:
+    """Bytes of an OpenVINO model on disk: the ``.xml`` graph and its ``.bin`` weights."""
+    path = Path(path)
+    return path.stat().st_size + path.with_suffix(".bin").stat().st_size
+
+
+class OvModel(nn.Module):
+    """An OpenVINO CPU compiled model behind an ``nn.Module`` interface.
+
+    ``source`` is an ``openvino.Model`` or a ``.xml`` / ``.onnx`` file. ``forward`` takes the
+    same positional / keyword tensors as the exported model (a dict batch's keys are the
+    graph's input names) and returns the first output as a float torch tensor. It has no
+    parameters, so task code places its batches on the CPU.
+
+    ``threads``: CPU inference threads (default: torch's count, as ORT sessions).
+    ``precision``: the CPU plugin's ``INFERENCE_PRECISION_HINT`` for float ops, ``f32`` by
+    default: on CPUs with AVX512-BF16 or AMX OpenVINO would otherwise run float ops in bf16,
+    which changes the outputs of a model measured as fp32.
+    """
+
+    def __init__(self, source: Any, threads: int | None = None, *, precision: str = "f32",
+                 latency_hint: bool = True) -> None:
+        super().__init__()
+        ov = _ov()
+        self.path: Path | None = None
+        if isinstance(source, (str, os.PathLike)):
+            self.path = Path(source)
+            if not self.path.is_file():
+                raise ArtifactError(f"{self.path} not found")
+            source = ov.Core().read_model(str(self.path))
+        self.threads = threads or torch.get_num_threads()
+        config: dict[str, Any] = {"INFERENCE_NUM_THREADS": self.threads, "INFERENCE_PRECISION_HINT": precision}
+        if latency_hint:
+            config["PERFORMANCE_HINT"] = "LATENCY"
+        try:
+            self.compiled = ov.Core().compile_model(source, "CPU", config)
+        except Exception as exc:
+            raise MethodError(f"OpenVINO could not compile {self._label()} for CPU: {exc}") from exc
+        self.request = self.compiled.create_infer_request()
+        self.input_names = [i.get_any_name() for i in self.compiled.inputs]
+        self._dtypes = _ov_dtypes(self.compiled)
+
+    def _label(self) -> str:
+        return self.path.name if self.path is not None else "the model"
+
+    def forward(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        feeds = _named_arrays(self.input_names, self._dtypes, args, kwargs, self._label())
+        out = self.request.infer(feeds)[self.compiled.output(0)]
+        return torch.from_numpy(np.array(out, copy=True)).float()  # the request reuses its output buffer
+
+    def extra_repr(self) -> str:
+        return f"path={str(self.path)!r}, inputs={self.input_names}, threads={self.threads}"
+
+
+def _ov_dtypes(model: Any) -> dict[str, Any]:
+    out = {}
+    for i in model.inputs:
+        et = i.get_element_type()  # a dynamic element type has no numpy dtype: feed float32
+        out[i.get_any_name()] = np.float32 if et.is_dynamic() else et.to_dtype()
+    return out
+
+
+def _named_arrays(names: list[str], dtypes: dict[str, Any], args: tuple[Any, ...], kwargs: dict[str, Any],
+                  label: str) -> dict[str, np.ndarray]:
+    """Positional and keyword tensors as a name -> numpy dict in the graph's dtypes (checked like ORT feeds)."""
+    if len(args) > len(names):
+        raise MethodError(f"{label} takes {len(names)} inputs, got {len(args)}")
+    named = dict(zip(names, args))
+    unknown = set(kwargs) - set(names)
+    if unknown:
+        raise MethodError(f"{label} has no input(s) {sorted(unknown)}; inputs: {names}")
+    named.update(kwargs)
+    missing = [n for n in names if n not in named]
+    if missing:
+        raise MethodError(f"{label}: missing input(s) {missing}; inputs: {names}")
+    out = {}
+    for name in names:
+        value = named[name]
+        arr = value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
+        out[name] = np.ascontiguousarray(arr.astype(dtypes[name], copy=False))
+    return out
