@@ -6,7 +6,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..core.record import records
 from .artifact import Int8Mode, write_onnx
 
 
@@ -80,6 +79,5 @@ def _export_hf(path: Path, out: Path | None, trust_code: bool) -> dict[str, Any]
 
     model, zm = load_artifact(path, trust_code=trust_code)
     dest = Path(out) if out is not None else path / "hf"
-    tokenizer = None if any(r.kind == "prune.vocab" for r in records(model)) else zm.tokenizer
     return {"model": str(path), **write_hf(model, dest, example_inputs=zm.example_inputs(2, 16),
-                                           tokenizer=tokenizer)}
+                                           tokenizer=zm.tokenizer)}
