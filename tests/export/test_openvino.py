@@ -106,3 +106,26 @@ def test_bad_paths_are_slimkit_errors(tmp_path: Path, ov: Any) -> None:
         ovx.save_ov(ovx.convert_ov(_cnn(), _images(0)), tmp_path / "m.bin")
     with pytest.raises(MethodError, match="needs example inputs"):
         ovx.convert_ov(_cnn())
+
+
+def test_low_bit_embedding_tables_convert_as_float_lookups(ov: Any) -> None:
+    """quantize.embedding's 4-bit tables have no ONNX export; OpenVINO gets their dequantized rows."""
+    transformers = pytest.importorskip("transformers")
+    import slimkit
+    from slimkit.core import Context, Targets
+    from slimkit.quantize.embedding import EmbeddingQuant, QuantEmbedding
+
+    torch.manual_seed(0)
+    cfg = transformers.BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
+                                  intermediate_size=48, max_position_embeddings=32)
+    g = torch.Generator().manual_seed(1)
+    batch = {"input_ids": torch.randint(0, 50, (2, 9), generator=g), "attention_mask": torch.ones(2, 9).long()}
+    model = slimkit.apply(transformers.BertModel(cfg).eval(), EmbeddingQuant(bits=4),
+                          Targets(include=("*word_embeddings",)), ctx=Context(example_inputs=batch)).eval()
+    table = model.embeddings.word_embeddings
+    assert isinstance(table, QuantEmbedding)
+    served = ovx.OvModel(ovx.convert_ov(model, batch))
+    assert model.embeddings.word_embeddings is table  # swapped back
+    with torch.no_grad():
+        ref = model(**batch).last_hidden_state
+    assert torch.allclose(call_model(served, batch), ref, atol=1e-4)

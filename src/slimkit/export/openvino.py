@@ -13,14 +13,19 @@ slimkit int8 layers exported through their dequantized float twins.
 and activations, ranges from calibration batches; ``transformer=True`` selects NNCF's
 transformer scheme, which keeps LayerNorm / softmax / GELU inputs in float).
 
+Low-bit embedding tables (``quantize.embedding``) are converted as float tables holding the
+same dequantized values: their bit unpacking has no ONNX export (uint8 bitwise ops), and a
+table lookup costs next to nothing at run time, but the file keeps the tables in fp32.
+
 OpenVINO is optional (``pip install 'slimkit[openvino]'``): without it every entry point
 raises a :class:`~slimkit.core.errors.MethodError` that says so.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -73,13 +78,43 @@ def convert_ov(source: nn.Module | str | os.PathLike[str], example_inputs: Batch
 
         if example_inputs is None:
             raise MethodError("converting a torch model to OpenVINO needs example inputs")
-        with tempfile.TemporaryDirectory() as tmp, dequantized_int8(source):
+        with tempfile.TemporaryDirectory() as tmp, dequantized_int8(source), float_tables(source):
             path = export_onnx(source, example_inputs, Path(tmp) / "model.onnx", **onnx_kw)
             return _read(ov, path)
     path = Path(source)
     if not path.is_file():
         raise ArtifactError(f"{path} not found")
     return _read(ov, path)
+
+
+class _FloatTable(nn.Module):
+    """A low-bit table's dequantized rows as a float lookup (with its trim remap, if any)."""
+
+    def __init__(self, table: nn.Module) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(table.dequantized().detach(), requires_grad=False)  # [R, H]
+        self.remap = table.remap if table.meta["trimmed"] else None
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        rows = self.remap[ids] if self.remap is not None else ids
+        return nn.functional.embedding(rows, self.weight)  # [..., H]
+
+
+@contextlib.contextmanager
+def float_tables(model: nn.Module) -> Iterator[list[str]]:
+    """Swap every ``QuantEmbedding`` in ``model`` for a float lookup of its dequantized rows, for
+    the duration; yields the names swapped."""
+    from ..quantize.embedding import QuantEmbedding
+    from ..quantize.packed import swap
+
+    found = [(n, m) for n, m in model.named_modules() if isinstance(m, QuantEmbedding)]
+    for n, m in found:
+        swap(model, n, _FloatTable(m))
+    try:
+        yield [n for n, _ in found]
+    finally:
+        for n, m in found:
+            swap(model, n, m)
 
 
 def _read(ov: Any, path: Path) -> Any:
