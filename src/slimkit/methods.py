@@ -22,4 +22,5 @@ from .prune import reconstruct  # noqa: F401
 from .share import vocab  # noqa: F401
 from .export import artifact  # noqa: F401
 from .export import pt2e  # noqa: F401
+from .export import openvino  # noqa: F401
 from .distill import methods as _distill_methods  # noqa: F401

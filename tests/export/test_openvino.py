@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from slimkit.core.context import call_model
-from slimkit.core.errors import ArtifactError, MethodError
+from slimkit.core.errors import ArtifactError, ConfigError, MethodError
 from slimkit.export import openvino as ovx
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -129,3 +129,49 @@ def test_low_bit_embedding_tables_convert_as_float_lookups(ov: Any) -> None:
     with torch.no_grad():
         ref = model(**batch).last_hidden_state
     assert torch.allclose(call_model(served, batch), ref, atol=1e-4)
+
+
+def test_export_openvino_step_fp32_and_int8(tmp_path: Path, ov: Any) -> None:
+    pytest.importorskip("nncf")
+    import slimkit
+    from slimkit.core import Context, config_class
+    from slimkit.export.openvino import OpenvinoExport
+
+    assert config_class("export.openvino") is OpenvinoExport
+    model = _cnn()
+    ctx = Context(example_inputs=_images(0), calib_data=[_images(s) for s in range(3)],
+                  extras={"export_dir": tmp_path})
+    out = slimkit.apply(model, OpenvinoExport(int8="none", file="f.xml"), ctx=ctx)
+    rec = slimkit.records(out)[-1]
+    assert rec.kind == "export.openvino" and rec.data["max_abs_diff"] < 1e-4
+    out = slimkit.apply(model, OpenvinoExport(), ctx=ctx)
+    data = slimkit.records(out)[-1].data
+    assert data["int8"] == "static" and data["nncf_scheme"] == "default" and data["mean_cosine"] > 0.98
+    assert (tmp_path / "model.xml").is_file() and (tmp_path / "model.bin").is_file()
+    x = _images(7)
+    with torch.no_grad():
+        assert torch.allclose(ovx.OvModel(tmp_path / "f.xml")(x), model(x), atol=1e-4)
+    with pytest.raises(MethodError, match="needs calibration batches"):
+        slimkit.apply(model, OpenvinoExport(), ctx=Context(example_inputs=_images(0), extras={"export_dir": tmp_path}))
+    with pytest.raises(ConfigError, match="ending in .xml"):
+        OpenvinoExport(file="model.onnx")
+
+
+def test_cli_export_openvino(tmp_path: Path, ov: Any, capsys: Any) -> None:
+    import json
+
+    import slimkit
+    from slimkit.cli.main import main
+
+    folder = tmp_path / "digits"
+    from slimkit import zoo
+
+    slimkit.save(zoo.load("zoo:digits-cnn").model, folder, spec="zoo:digits-cnn")
+    assert main(["export", str(folder), "--format", "openvino", "--int8", "none", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["max_abs_diff"] < 1e-4 and (folder / "model.bin").is_file()
+    assert "model.xml" in json.loads((folder / "manifest.json").read_text())["files"]  # sealed
+    slimkit.restore(folder)  # the sealed folder still loads
+    assert main(["export", str(folder), "--format", "openvino"]) == 2  # static int8 needs --task
+    assert "--int8 none" in capsys.readouterr().err
+    assert main(["export", str(folder), "--format", "openvino", "--int8", "dynamic"]) == 2

@@ -17,6 +17,9 @@ Low-bit embedding tables (``quantize.embedding``) are converted as float tables 
 same dequantized values: their bit unpacking has no ONNX export (uint8 bitwise ops), and a
 table lookup costs next to nothing at run time, but the file keeps the tables in fp32.
 
+:func:`write_openvino` writes the IR (``model.xml`` + ``model.bin``) of the ``export.openvino``
+recipe step and of ``slimkit export DIR --format openvino``: NNCF int8 (default) or fp32.
+
 OpenVINO is optional (``pip install 'slimkit[openvino]'``): without it every entry point
 raises a :class:`~slimkit.core.errors.MethodError` that says so.
 """
@@ -27,12 +30,13 @@ import os
 import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
 from torch import nn
 
+from ..core import Context, MethodConfig, Record, Targets, method_config, register_method
 from ..core.context import Batch, batch_args
 from ..core.errors import ArtifactError, MethodError, SlimkitError
 
@@ -247,3 +251,84 @@ def _named_arrays(names: list[str], dtypes: dict[str, Any], args: tuple[Any, ...
         arr = value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
         out[name] = np.ascontiguousarray(arr.astype(dtypes[name], copy=False))
     return out
+
+
+def write_openvino(model: nn.Module, example_inputs: Batch, dest: str | os.PathLike[str], *, int8: str = "static",
+                   calib: Sequence[Batch] | None = None, transformer: bool | None = None, output: str = "auto",
+                   part: str = "auto", atol: float = 1e-3) -> dict[str, Any]:
+    """Write ``model`` as an OpenVINO IR (``dest`` .xml + .bin), fp32 (``int8="none"``) or NNCF int8
+    (``"static"``, calibrated on ``calib``), and return what was done and measured.
+
+    The fp32 IR must reproduce the PyTorch outputs within ``atol`` (an :class:`ArtifactError`
+    otherwise); the int8 IR's deviation (max abs difference, mean cosine) is recorded.
+    ``transformer=None`` picks NNCF's transformer scheme for HF BERT-like encoders.
+    """
+    from .artifact import bert_shape, deviation
+    from .view import export_view
+
+    if int8 not in ("none", "static"):
+        raise MethodError(f"OpenVINO export: int8 {int8!r}: expected none or static (NNCF post-training int8)")
+    if int8 == "static" and not calib:
+        raise MethodError("OpenVINO int8 export needs calibration batches (Context.calib_data or --task)")
+    dest = Path(dest)
+    view, example_inputs = export_view(model, example_inputs, output=output, part=part)  # type: ignore[arg-type]
+    ov_model = convert_ov(view, example_inputs)
+    info: dict[str, Any] = {"file": dest.name, "int8": int8, "inputs": list(view.names), "output": output}
+    if view.prefix:
+        info["part"] = view.prefix
+    if int8 == "none":
+        save_ov(ov_model, dest)
+        info.update(deviation(OvModel(dest), view, example_inputs))
+        if info["max_abs_diff"] > atol:
+            dest.unlink()
+            dest.with_suffix(".bin").unlink()
+            raise ArtifactError(f"{dest.name}: OpenVINO output differs from the PyTorch model by "
+                                f"{info['max_abs_diff']:.3g} > atol {atol:g}")
+    else:
+        if transformer is None:
+            transformer = bert_shape(model) is not None
+        save_ov(quantize_ov(ov_model, list(calib or []), transformer=transformer), dest)
+        info["nncf_scheme"] = "transformer" if transformer else "default"
+        info.update(deviation(OvModel(dest), view, example_inputs))
+    info["bytes"] = ov_bytes(dest)
+    return info
+
+
+@method_config
+class OpenvinoExport(MethodConfig):
+    """Write the model as an OpenVINO IR (``model.xml`` + ``model.bin``) for the OpenVINO CPU runtime:
+    NNCF post-training int8 (``int8: static``, calibrated on the context's calibration batches) or fp32."""
+
+    kind = "export.openvino"
+    stage = "export"
+
+    file: str = "model.xml"
+    int8: Literal["static", "none"] = "static"
+    calib_batches: int = 8
+    # NNCF's transformer scheme (LayerNorm / softmax / GELU inputs kept float): "auto" = on for
+    # HF BERT-like encoders
+    scheme: Literal["auto", "transformer", "default"] = "auto"
+    output: str = "auto"
+    part: Literal["auto", "model", "encoder"] = "auto"
+    atol: float = 1e-3
+
+    def validate(self) -> None:
+        self._require(self.file.endswith(".xml") and "/" not in self.file, "file", "a file name ending in .xml",
+                      self.file)
+        self._require(bool(self.output), "output", "'auto', an output name or a tuple index", self.output)
+        self._require(self.calib_batches >= 1, "calib_batches", "an integer >= 1", self.calib_batches)
+        self._require(self.atol > 0, "atol", "a positive float", self.atol)
+
+
+@register_method(OpenvinoExport)
+def openvino_export(model: nn.Module, config: OpenvinoExport, targets: Targets, ctx: Context) -> Record:
+    from .artifact import export_dir
+
+    out_dir = export_dir(ctx, config.kind, config.file)
+    batch = ctx.need("example_inputs", config.kind)
+    calib = list(ctx.calib_data)[: config.calib_batches] if (config.int8 == "static" and ctx.calib_data) else None
+    transformer = None if config.scheme == "auto" else config.scheme == "transformer"
+    info = write_openvino(model, batch, out_dir / config.file, int8=config.int8, calib=calib, transformer=transformer,
+                          output=config.output, part=config.part, atol=config.atol)
+    summary = {k: info[k] for k in ("file", "int8", "bytes", "mean_cosine", "part") if k in info}
+    return Record(kind=config.kind, data=info, summary=summary)
