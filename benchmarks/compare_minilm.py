@@ -3,7 +3,8 @@
 Usage::
 
     slimkit compress --model zoo:minilm-l6 --recipe minilm-fast --task stsb --out DIR
-    SLIMKIT_DATA=../shared/data HF_HUB_OFFLINE=1 python benchmarks/compare_minilm.py --fast DIR [--rounds 8]
+    SLIMKIT_DATA=../shared/data HF_HUB_OFFLINE=1 python benchmarks/compare_minilm.py --fast DIR [--rounds 8] \
+        [--fast-ort] [--fast-ov] [--quick]
 
 Rows (same inputs, same threads, latency interleaved in rounds by ``suite.time_rows``):
 
