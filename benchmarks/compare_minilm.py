@@ -3,7 +3,8 @@
 Usage::
 
     slimkit compress --model zoo:minilm-l6 --recipe minilm-fast --task stsb --out DIR
-    SLIMKIT_DATA=../shared/data HF_HUB_OFFLINE=1 python benchmarks/compare_minilm.py --fast DIR [--rounds 8]
+    SLIMKIT_DATA=../shared/data HF_HUB_OFFLINE=1 python benchmarks/compare_minilm.py --fast DIR [--rounds 8] \
+        [--fast-ort] [--fast-ov] [--quick]
 
 Rows (same inputs, same threads, latency interleaved in rounds by ``suite.time_rows``):
 
@@ -14,9 +15,17 @@ Rows (same inputs, same threads, latency interleaved in rounds by ``suite.time_r
 - torchao ``Int8DynamicActivationInt8WeightConfig`` + ``torch.compile``;
 - Torch-Pruning (L1 magnitude, heads and FFN neurons at the ratio ``--tp-ratio``, no
   recovery training: Torch-Pruning ships none) followed by ORT ``quantize_dynamic`` per-channel;
+- OpenVINO fp32 (``openvino.convert_model`` of the plain ONNX export, CPU plugin, f32
+  inference precision) and OpenVINO int8 (NNCF post-training quantization of that OpenVINO
+  model, transformer scheme, calibrated on 8 x 32 STS-B train sentences, the calibration
+  PT2E gets); "not installed" rows without ``pip install 'slimkit[openvino]'``;
 - slimkit ``minilm-fast``: the artifact of ``slimkit compress`` (``DIR/model.pt2``,
   served by :class:`slimkit.export.pt2e.Pt2eModel`);
-- with ``--fast-ort``: the same compressed student exported to ORT int8 instead.
+- with ``--fast-ort``: the same compressed student exported to ORT int8 instead;
+- with ``--fast-ov``: the same compressed student on OpenVINO int8 (NNCF, as above).
+
+``--quick`` is a smoke run (200 evaluation pairs / sentences, 2 timing rounds): its figures
+are not for reporting and go to ``compare_minilm-quick.{md,json,png}``.
 
 Metrics: STS-B test Spearman x100 (GLUE dev, 1,500 pairs) and SST-2 linear-probe accuracy
 (a logistic regression fit on 2,000 SST-2 train embeddings, scored on the 872 test
@@ -40,10 +49,12 @@ from suite import Row  # noqa: E402
 
 import slimkit  # noqa: E402
 from slimkit import zoo  # noqa: E402
+from slimkit.export import openvino as ovx  # noqa: E402
 from slimkit.export.onnx import OrtModel, export_onnx  # noqa: E402
 from slimkit.export.ort_quant import optimize_transformer, quantize_dynamic_onnx  # noqa: E402
 from slimkit.export.pt2e import Pt2eModel  # noqa: E402
 
+OV_INSTALL = "not installed (pip install 'slimkit[openvino]')"
 METRICS = [("stsb", "STS-B Spearman x100", ".2f"), ("sst2", "SST-2 probe acc.", ".4f")]
 BATCHES = [1, 32]
 SEQ = 128
@@ -54,8 +65,35 @@ def log(msg: str) -> None:
     print(f"[{time.perf_counter() - T0:6.0f}s] {msg}", file=sys.stderr, flush=True)
 
 
-def fast_rows(fast: Path, zm: zoo.ZooModel, ort: bool, work: Path) -> list[Row]:
-    """The minilm-fast artifact: its PT2E program, and optionally the same student on ORT int8."""
+def calibration(zm: zoo.ZooModel) -> list:
+    """The OpenVINO int8 rows' calibration: 8 batches of 32 STS-B train sentences (as export.pt2e's calib_batches)."""
+    return zoo.get_task("stsb").calibration_batches(zm, 8, 32)
+
+
+def ov_rows(onnx_file: Path, source: torch.nn.Module, calib: list, work: Path, *,
+            names: tuple[str | None, str] = ("OpenVINO fp32", "OpenVINO int8 (NNCF PTQ)"), who: str = "baseline",
+            note: str = "") -> list[Row]:
+    """OpenVINO fp32 (unless ``names[0]`` is None) and NNCF int8 rows served from ``onnx_file``,
+    or "not installed" rows."""
+    if not ovx.available():
+        return [Row(n, None, source=source, who=who, note=OV_INSTALL) for n in names if n]
+    ov_fp32 = ovx.convert_ov(onnx_file)
+    rows = []
+    if names[0]:
+        f = ovx.save_ov(ov_fp32, work / f"{onnx_file.stem}_ov.xml")
+        rows.append(Row(names[0], ovx.OvModel(f), source=source, file_bytes=ovx.ov_bytes(f), who=who,
+                        note=f"{note}openvino.convert_model of the plain ONNX export, CPU plugin, f32 precision"))
+    t = time.perf_counter()
+    q = ovx.save_ov(ovx.quantize_ov(ov_fp32, calib, transformer=True), work / f"{onnx_file.stem}_ov_int8.xml")
+    log(f"NNCF quantize {onnx_file.name}: {time.perf_counter() - t:.0f} s")
+    rows.append(Row(names[-1], ovx.OvModel(q), source=source, file_bytes=ovx.ov_bytes(q), who=who,
+                    note=f"{note}nncf.quantize (ModelType.TRANSFORMER, {len(calib)} x 32 STS-B train sentences) "
+                         "of the OpenVINO model, CPU plugin"))
+    return rows
+
+
+def fast_rows(fast: Path, zm: zoo.ZooModel, args: argparse.Namespace, work: Path) -> list[Row]:
+    """The minilm-fast artifact: its PT2E program, and optionally the same student on ORT / OpenVINO int8."""
     student = slimkit.restore(fast).eval()
     pt2 = fast / "model.pt2"
     if not pt2.is_file():
@@ -63,13 +101,20 @@ def fast_rows(fast: Path, zm: zoo.ZooModel, ort: bool, work: Path) -> list[Row]:
     rows = [Row("slimkit minilm-fast (PT2E int8)", Pt2eModel(pt2), source=student, file_bytes=pt2.stat().st_size,
                 who="slimkit", note="3 of 6 layers kept, FFN -25 %, distilled; int8 Linear, 4-bit embeddings; "
                                     "file = the .pt2 program")]
-    if ort:
-        plain = export_onnx(student, zm.example_inputs(1, SEQ), work / "fast_plain.onnx")
+    if args.fast_ort or args.fast_ov:
+        # ONNX cannot export the 4-bit tables' unpacking: they go in as float tables of the same values
+        with ovx.float_tables(student):
+            plain = export_onnx(student, zm.example_inputs(1, SEQ), work / "fast_plain.onnx")
+    if args.fast_ov:
+        rows += ov_rows(plain, student, calibration(zm), work, who="slimkit",
+                        note="same student, embedding tables in fp32; ",
+                        names=(None, "slimkit minilm-fast student (OpenVINO int8, NNCF)"))
+    if args.fast_ort:
         quantize_dynamic_onnx(plain, work / "fast_ort.onnx", per_channel=True)
         f = work / "fast_ort.onnx"
         rows.append(Row("slimkit minilm-fast student (ORT int8)", OrtModel(f), source=student,
                         file_bytes=f.stat().st_size, who="slimkit",
-                        note="same student, ORT dynamic int8 per-channel"))
+                        note="same student, embedding tables in fp32, ORT dynamic int8 per-channel"))
     return rows
 
 
@@ -93,6 +138,8 @@ def build(args: argparse.Namespace, zm: zoo.ZooModel, work: Path) -> list[Row]:
                     ("ORT quantize_dynamic per-channel", "ort_pc.onnx")):
         rows.append(Row(name, OrtModel(work / f), source=fp32, file_bytes=(work / f).stat().st_size,
                         note="onnxruntime.quantization on the plain export"))
+    log("OpenVINO fp32 + NNCF int8")
+    rows += ov_rows(plain, fp32, calibration(zm), work)
     log("torchao Int8DynamicActivationInt8WeightConfig + torch.compile")
     from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_
 
@@ -115,7 +162,7 @@ def build(args: argparse.Namespace, zm: zoo.ZooModel, work: Path) -> list[Row]:
                     note=f"L1 heads+FFN at {args.tp_ratio:.0%} per layer, no recovery training; "
                          "ORT dynamic int8 per-channel"))
     log("slimkit minilm-fast")
-    rows += fast_rows(Path(args.fast), zm, args.fast_ort, work)
+    rows += fast_rows(Path(args.fast), zm, args, work)
     return rows
 
 
@@ -131,6 +178,8 @@ def add_table_weights(rows: list[Row]) -> None:
 def evaluate(rows: list[Row], zm: zoo.ZooModel, limit: int | None) -> None:
     stsb, sst2 = zoo.get_task("stsb"), zoo.get_task("sst2-probe")
     for r in rows:
+        if r.model is None:
+            continue
         t = time.perf_counter()
         model = getattr(r, "eval_model", r.model)
         r.metrics["stsb"] = stsb.evaluate(model, zm, limit=limit)["spearman_x100"]
@@ -175,11 +224,15 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--fast", required=True, help="output folder of `slimkit compress ... --recipe minilm-fast`")
     ap.add_argument("--fast-ort", action="store_true", help="also serve the minilm-fast student on ORT int8")
+    ap.add_argument("--fast-ov", action="store_true", help="also serve the minilm-fast student on OpenVINO int8 (NNCF)")
     ap.add_argument("--tp-ratio", type=float, default=0.5)
     ap.add_argument("--rounds", type=int, default=8)
     ap.add_argument("--threads", type=int)
     ap.add_argument("--limit", type=int, help="evaluate on a prefix only (smoke runs; not for reported figures)")
+    ap.add_argument("--quick", action="store_true", help="smoke run: --limit 200, 2 rounds; writes *-quick results")
     args = ap.parse_args()
+    if args.quick:
+        args.rounds, args.limit = 2, args.limit or 200
     if args.threads:
         torch.set_num_threads(args.threads)  # ORT sessions take torch's count when created
     zm = zoo.load("zoo:minilm-l6")
@@ -189,14 +242,16 @@ def main() -> None:
         add_table_weights(rows)
         log("evaluating")
         evaluate(rows, zm, args.limit)
+        live = [r for r in rows if r.model is not None]
         for b in BATCHES:
             log(f"timing batch {b}")
-            rounds = args.rounds if b == 1 else max(4, args.rounds // 2)
-            suite.time_rows(rows, zm.example_inputs(b, SEQ), batch=b, rounds=rounds, iters=5 if b == 1 else 2,
+            rounds = args.rounds if b == 1 else max(1 if args.quick else 4, args.rounds // 2)
+            suite.time_rows(live, zm.example_inputs(b, SEQ), batch=b, rounds=rounds, iters=5 if b == 1 else 2,
                             settle=2)
         cmd = f"python benchmarks/compare_minilm.py --fast DIR --rounds {args.rounds}" + \
-            (" --fast-ort" if args.fast_ort else "")
-        path = suite.write_results("compare_minilm", "zoo:minilm-l6: slimkit minilm-fast vs other toolkits", rows,
+            (" --fast-ort" if args.fast_ort else "") + (" --fast-ov" if args.fast_ov else "") + \
+            (" --quick" if args.quick else "")
+        path = suite.write_results("compare_minilm" + ("-quick" if args.quick else ""), "zoo:minilm-l6: slimkit minilm-fast vs other toolkits", rows,
                                    METRICS, BATCHES, pareto_metric="stsb", pareto_label="STS-B test Spearman x100",
                                    command=cmd, notes=must_show(rows))
     print(path.read_text())

@@ -135,6 +135,7 @@ CONTRACT: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
     "train.reconstruct": ("digits_cnn", {"calib_batches": 2}, LINEARS),
     "export.onnx": ("digits_cnn", {"file": "contract.onnx"}, {}),
     "export.pt2e": ("digits_cnn", {"file": "contract.pt2", "calib_batches": 2}, {}),
+    "export.openvino": ("digits_cnn", {"file": "contract.xml", "calib_batches": 2}, {}),
     "distill.logits": ("digits_cnn", {"steps": 3, "temperature": 2.0}, {}),
     "distill.embedding": ("digits_cnn", {"steps": 3, "loss": "mse"}, {}),
     "distill.intermediate": ("tiny_bert", {"steps": 2, "layer_map": "last_k", "k": 1,

@@ -25,6 +25,7 @@ from .train import reconstruct  # noqa: F401
 from .prune import vocab  # noqa: F401
 from .export import onnx  # noqa: F401
 from .export import pt2e  # noqa: F401
+from .export import openvino  # noqa: F401
 from .distill import methods as _distill_methods  # noqa: F401
 from .distill import intermediate as _distill_intermediate  # noqa: F401
 from .distill import strategy_kinds as _distill_strategy_kinds  # noqa: F401

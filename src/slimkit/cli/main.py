@@ -93,16 +93,22 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--trust-code", action="store_true", help=_TRUST_HELP)
     s.add_argument("--json", action="store_true")
 
-    s = sub.add_parser("export", help="write a saved model as ONNX (float or int8 for ONNX Runtime) or as a "
-                                      "PT2E int8 program (PyTorch x86 Inductor) and check it")
+    s = sub.add_parser("export", help="write a saved model as ONNX (float or int8 for ONNX Runtime), as a "
+                                      "PT2E int8 program (PyTorch x86 Inductor) or as a Hugging Face folder "
+                                      "(from_pretrained), and check it")
     s.add_argument("dir", type=Path)
-    s.add_argument("--format", choices=["onnx", "pt2e"], default="onnx")
+    s.add_argument("--format", choices=["onnx", "pt2e", "openvino", "hf"], default="onnx",
+                   help="openvino: model.xml + model.bin, NNCF int8 (--int8 static, the default; needs --task) "
+                        "or fp32 (--int8 none); hf: config + safetensors (+ tokenizer) for transformers' "
+                        "from_pretrained; refused, "
+                        "naming what, when the config cannot express the pruned model (docs/export.md)")
     s.add_argument("--int8", choices=["none", "dynamic", "static"],
                    help="ONNX: none (default, float) / dynamic / static; pt2e: static (default) or dynamic "
-                        "(a PT2E program is always int8); static needs --task")
+                        "(a PT2E program is always int8); openvino: static (default) or none; static needs --task")
     s.add_argument("--exclude", nargs="*", default=[], help="ONNX node-name patterns kept in float")
     s.add_argument("--task", help="calibration data for --int8 static")
-    s.add_argument("--out", type=Path, help="file to write (default DIR/model.onnx or DIR/model.pt2)")
+    s.add_argument("--out", type=Path, help="file to write (default DIR/model.onnx, DIR/model.pt2 or "
+                                             "DIR/model.xml; hf: the folder DIR/hf)")
     s.add_argument("--trust-code", action="store_true", help=_TRUST_HELP)
     s.add_argument("--json", action="store_true")
 

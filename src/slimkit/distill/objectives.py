@@ -106,9 +106,9 @@ def load_model_spec(spec: str, ctx: Context, kind: str) -> nn.Module:
     if is_path_spec(spec) and ":" not in spec.partition("/")[0]:
         path = Path(spec).expanduser()
         if (path / "manifest.json").is_file():
-            from ..app.pipeline import load_artifact
+            from ..core.api import restore  # rebuilds from the manifest's model_spec (trust rules apply)
 
-            return load_artifact(path, trust_code=trust)[0].to(ctx.device)
+            return restore(path, trust_code=trust).to(ctx.device)
         if not (path / "config.json").is_file():
             raise ModelSpecError(f"{kind}: {spec!r} is neither a slimkit artifact (manifest.json) nor a Hugging "
                                  "Face folder (config.json)")
