@@ -37,8 +37,10 @@ import slimkit  # noqa: E402
 from slimkit import zoo  # noqa: E402
 from slimkit.app.pipeline import context_for  # noqa: E402
 from slimkit.core import Recipe  # noqa: E402
-from slimkit.export.onnx import write_onnx  # noqa: E402
-from slimkit.export.onnx import OrtModel  # noqa: E402
+from slimkit.export.onnx import (
+    OrtModel,  # noqa: E402
+    write_onnx,  # noqa: E402
+)
 from slimkit.export.ort_quant import quantize_dynamic_onnx  # noqa: E402
 from slimkit.measure.latency import fixed_threads  # noqa: E402
 from slimkit.zoo.digits import digits_split  # noqa: E402

@@ -47,8 +47,10 @@ from slimkit import zoo  # noqa: E402
 from slimkit.app.pipeline import context_for  # noqa: E402
 from slimkit.core import Recipe  # noqa: E402
 from slimkit.export import openvino as ovx  # noqa: E402
-from slimkit.export.onnx import write_onnx  # noqa: E402
-from slimkit.export.onnx import OrtModel  # noqa: E402
+from slimkit.export.onnx import (
+    OrtModel,  # noqa: E402
+    write_onnx,  # noqa: E402
+)
 from slimkit.export.ort_quant import describe_ops  # noqa: E402
 
 PRESET = "efficientnet-fast"

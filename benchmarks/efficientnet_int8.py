@@ -24,8 +24,7 @@ import torch
 import slimkit
 from slimkit import measure, zoo
 from slimkit.core import Context, Targets
-from slimkit.export.onnx import write_onnx
-from slimkit.export.onnx import OrtModel
+from slimkit.export.onnx import OrtModel, write_onnx
 from slimkit.quantize.ptq import StaticQuant
 
 

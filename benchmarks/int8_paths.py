@@ -91,8 +91,7 @@ def single_layer(zm: zoo.ZooModel) -> dict[str, object]:
 
 
 def build(path: str, zm: zoo.ZooModel, work: Path) -> torch.nn.Module:
-    from slimkit.export.onnx import write_onnx
-    from slimkit.export.onnx import OrtModel
+    from slimkit.export.onnx import OrtModel, write_onnx
     from slimkit.export.pt2e import Pt2eModel, write_pt2e
 
     example = zm.example_inputs(2, 16)

@@ -35,8 +35,7 @@ import torch
 import slimkit
 from slimkit import measure, zoo
 from slimkit.core import Targets
-from slimkit.export.onnx import write_onnx
-from slimkit.export.onnx import OrtModel, check_onnx, export_onnx
+from slimkit.export.onnx import OrtModel, check_onnx, export_onnx, write_onnx
 from slimkit.export.ort_quant import (
     layer_sensitivity,
     optimize_transformer,

@@ -12,8 +12,8 @@ import torch
 import slimkit
 from slimkit import Context, measure, zoo
 from slimkit.core import Targets
-from slimkit.quantize.embedding import EmbeddingQuant
 from slimkit.prune.vocab import VocabPrune
+from slimkit.quantize.embedding import EmbeddingQuant
 from slimkit.zoo.data import read_sst2, read_stsb
 
 torch.set_num_threads(1)

@@ -6,7 +6,6 @@ to ``docs/support.md``.
 from __future__ import annotations
 
 import pytest
-
 from support.matrix import METHODS, run_cell
 from support.models import MODELS
 

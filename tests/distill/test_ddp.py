@@ -15,7 +15,7 @@ import torch
 
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE))
-import ddp_worker
+import ddp_worker  # noqa: E402  (a sibling script, importable once HERE is on sys.path)
 
 
 def test_torchrun_two_processes_match_one_process_with_accumulation(tmp_path) -> None:

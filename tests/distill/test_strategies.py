@@ -151,7 +151,8 @@ def test_teacher_assistant_chain_uses_each_trained_stage_as_next_teacher(tmp_pat
 
 
 def test_teacher_assistant_chain_rejects_bad_steps_and_empty_chain():
-    loss = lambda s, t, b: kd_loss(s, t)
+    def loss(s, t, b):
+        return kd_loss(s, t)
     with pytest.raises(MethodError, match="steps has 3 entries for 2 stages"):
         teacher_assistant_chain(_mlp(1), [_mlp(2), _mlp(3)], _blobs(1), loss=loss, steps=[1, 2, 3])
     with pytest.raises(MethodError, match="empty"):
@@ -237,7 +238,8 @@ def test_self_distill_restarts_each_generation_from_the_same_init():
 
 
 def test_self_distill_rejects_bad_generations_and_steps():
-    loss = lambda s, t, b: F.cross_entropy(s, b[1])
+    def loss(s, t, b):
+        return F.cross_entropy(s, b[1])
     with pytest.raises(MethodError, match="generations"):
         self_distill(_mlp(0), _blobs(1), generations=0, loss=loss, steps=1)
     with pytest.raises(MethodError, match="steps has 1 entries for 3 stages"):

@@ -11,17 +11,15 @@ from typing import Any
 import onnx
 import pytest
 import torch
+from prune.models import FACTORIES  # the pruning suite's architectures (tests/ is on sys.path)
 from torch import nn
 
 import slimkit
 from slimkit.core import Context, MethodError, Targets
 from slimkit.core.context import select_output
-from slimkit.export.onnx import write_onnx
-from slimkit.export.onnx import OrtModel, check_onnx, export_onnx
+from slimkit.export.onnx import OrtModel, check_onnx, export_onnx, write_onnx
 from slimkit.quantize.int8_modules import Int8Linear
 from slimkit.quantize.ptq import DynamicQuant
-
-from prune.models import FACTORIES  # the pruning suite's architectures (tests/ is on sys.path)
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 transformers = pytest.importorskip("transformers")

@@ -8,8 +8,7 @@ from torch import nn
 import slimkit
 from slimkit.core import Context, MethodError, Targets
 from slimkit.core.errors import ArtifactError, ConfigError
-from slimkit.export.onnx import OnnxExport, write_onnx
-from slimkit.export.onnx import OrtModel, check_onnx, export_onnx
+from slimkit.export.onnx import OnnxExport, OrtModel, check_onnx, export_onnx, write_onnx
 from slimkit.export.ort_quant import describe_ops, match_nodes, quantizable_nodes, quantize_dynamic_onnx
 
 pytestmark = pytest.mark.usefixtures("one_thread")

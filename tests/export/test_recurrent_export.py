@@ -6,8 +6,7 @@ import torch
 
 import slimkit
 from slimkit.core import MethodError
-from slimkit.export.onnx import write_onnx
-from slimkit.export.onnx import OrtModel
+from slimkit.export.onnx import OrtModel, write_onnx
 from slimkit.export.pt2e import write_pt2e
 from slimkit.quantize.ptq import DynamicQuant
 from slimkit.zoo.bilstm import BiLSTMClassifier

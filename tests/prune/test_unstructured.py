@@ -14,11 +14,11 @@ from slimkit.prune import (
     BlockPrune,
     DsdPrune,
     GradualPrune,
-    RegrowPrune,
     MagnitudePrune,
     MovementPrune,
     NMPrune,
     ObdPrune,
+    RegrowPrune,
     SparseGPTPrune,
     WandaPrune,
 )
@@ -93,7 +93,8 @@ def test_obd_beats_magnitude_on_unevenly_scaled_regression() -> None:
     model = nn.Sequential(nn.Linear(20, 1, bias=False))
     with torch.no_grad():
         model[0].weight.copy_(torch.linalg.lstsq(x, y).solution.T)  # at the minimum, as OBD assumes
-    loss_fn = lambda m, b: nn.functional.mse_loss(m(b[0]), b[1])
+    def loss_fn(m, b):
+        return nn.functional.mse_loss(m(b[0]), b[1])
     ctx = Context(train_data=[(x[i:i + 40], y[i:i + 40]) for i in range(0, 400, 40)], loss_fn=loss_fn)
     obd = slimkit.apply(model, ObdPrune(sparsity=0.5, batches=5, fisher="batch"), LIN, ctx)
     mag = slimkit.apply(model, MagnitudePrune(sparsity=0.5), LIN)
@@ -125,7 +126,8 @@ def test_per_sample_fisher_and_batch_splitting() -> None:
     x, y = torch.randn(12, 5, generator=g), torch.randn(12, 1, generator=g)
     model = nn.Sequential(nn.Linear(5, 1, bias=False))
     w = model[0].weight.detach()[0]
-    loss_fn = lambda m, b: nn.functional.mse_loss(m(b[0]), b[1])
+    def loss_fn(m, b):
+        return nn.functional.mse_loss(m(b[0]), b[1])
     per_sample = torch.stack([(2 * (x[i] @ w - y[i, 0]) * x[i]) ** 2 for i in range(12)]).mean(0)  # [5]
     (fisher,) = empirical_fisher(model, [("w", model[0].weight)], loss_fn, [(x[:8], y[:8]), (x[8:], y[8:])], 1)
     assert torch.allclose(fisher[0], per_sample, rtol=1e-4)

@@ -9,9 +9,9 @@ from torch import nn
 
 import slimkit
 from slimkit.core import ConfigError, Context, MethodError
+from slimkit.prune.vocab import TrimmedEmbedding, VocabPrune
 from slimkit.quantize.embedding import EmbeddingQuant, QuantEmbedding, pack_rows, unpack_rows
 from slimkit.quantize.packing import unpack_bits
-from slimkit.prune.vocab import TrimmedEmbedding, VocabPrune
 
 
 class Tiny(nn.Module):

@@ -11,8 +11,8 @@ from torch import nn
 import slimkit
 from slimkit import Targets
 from slimkit.core import MethodError
-from slimkit.quantize.ptq import DynamicQuant
 from slimkit.quantize.int8_recurrent import Int8RNN, emulate
+from slimkit.quantize.ptq import DynamicQuant
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -10,7 +10,7 @@ from torch import nn
 
 import slimkit
 from slimkit.core import ConfigError, Recipe
-from slimkit.quantize.lowbit_methods import BinaryQuant, BinaryLayer, TernaryQuant, TernaryLayer
+from slimkit.quantize.lowbit_methods import BinaryLayer, BinaryQuant, TernaryLayer, TernaryQuant
 from slimkit.quantize.packed import PackedLayer
 
 from .lowbit_helpers import check_round_trip, inputs, tiny_ctx, tiny_model

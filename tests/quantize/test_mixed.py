@@ -80,7 +80,8 @@ def test_measured_error_probe_ranks_and_restores() -> None:
         model[1].weight.mul_(20.0)  # amplifies the error of layer 0 as well as its own rounding
     before = [p.detach().clone() for p in model.parameters()]
     inputs = [torch.randn(8, 16) for _ in range(2)]
-    qfn = lambda w: dequantize_weight(*rtn_quantize(w, 2, None, True))
+    def qfn(w):
+        return dequantize_weight(*rtn_quantize(w, 2, None, True))
     damage = measured_error_probe(model, ["0", "1"], qfn, inputs)
     assert damage["0"] > 0 and damage["1"] > 0
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))

@@ -9,7 +9,7 @@ from transformers import BertConfig, BertModel
 import slimkit
 from slimkit.core import Context, Targets
 from slimkit.core.errors import ConfigError, MethodError
-from slimkit.quantize import SmoothedLinear, SmoothQuant, WeightOnlyQuant, WeightOnlyLinear, smooth_scales
+from slimkit.quantize import SmoothedLinear, SmoothQuant, WeightOnlyLinear, WeightOnlyQuant, smooth_scales
 from slimkit.quantize.affine import fake_quant, qparams
 from slimkit.quantize.smoothquant import smooth_linear
 

@@ -8,7 +8,7 @@ from torch import nn
 import slimkit
 from slimkit.core import Context, Targets
 from slimkit.core.errors import ConfigError, MethodError
-from slimkit.quantize import WeightOnlyQuant, WeightOnlyConv2d, WeightOnlyLinear
+from slimkit.quantize import WeightOnlyConv2d, WeightOnlyLinear, WeightOnlyQuant
 from slimkit.quantize.awq import awq_scales
 from slimkit.quantize.gptq import HessianAccumulator, gptq_quantize, hessian_from_inputs
 from slimkit.quantize.rtn import dequantize_weight, output_error, rtn_quantize

@@ -280,8 +280,7 @@ def _quantize(spec: Spec, method: str) -> str:
 
 
 def _onnx(spec: Spec, method: str) -> str:
-    from slimkit.export.onnx import OnnxExport
-    from slimkit.export.onnx import OrtModel
+    from slimkit.export.onnx import OnnxExport, OrtModel
 
     model, batch = spec.factory()
     ref = export_reference(model, batch)

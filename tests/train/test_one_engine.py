@@ -30,6 +30,12 @@ WEIGHTS = {"types": ["Conv2d", "Linear"]}
 RUNS: dict[str, tuple[dict[str, Any], dict[str, Any], int]] = {
     "distill.logits": ({"steps": 3, "temperature": 2.0}, {}, 1),
     "distill.embedding": ({"steps": 3, "loss": "mse"}, {}, 1),
+    "distill.intermediate": ({"steps": 3, "matches": [{"what": "hidden"}], "logits": "kd"},
+                             {"types": ["Conv2d", "Linear"]}, 1),
+    "distill.multi_teacher": ({"steps": 3, "teachers": ["context", "context"]}, {}, 1),
+    "distill.assistant_chain": ({"steps": 2, "assistants": ["context"]}, {}, 2),  # teacher -> assistant -> student
+    "distill.mutual": ({"steps": 3}, {}, 1),
+    "distill.born_again": ({"steps": 2, "generations": 2}, {}, 2),
     "prune.gradual": ({"sparsity": 0.6, "steps": 4, "every": 1}, WEIGHTS, 1),
     "prune.movement": ({"sparsity": 0.6, "steps": 4, "every": 1}, WEIGHTS, 1),
     "prune.regrow": ({"sparsity": 0.6, "steps": 4, "every": 2}, WEIGHTS, 1),

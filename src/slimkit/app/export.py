@@ -26,9 +26,9 @@ def export_artifact(path: Path, *, out: Path | None = None, int8: Int8Mode | Non
     ``path`` is added to the manifest's file hashes, so later loads can check it.
     """
     from .. import zoo
-    from .pipeline import load_artifact
     from ..core.errors import ConfigError, MethodError
     from ..core.safety import seal
+    from .pipeline import load_artifact
 
     if fmt not in ("onnx", "pt2e", "openvino", "hf"):
         raise ConfigError(f"unknown export format {fmt!r}; expected onnx, pt2e, openvino or hf", key="format")

@@ -11,8 +11,8 @@ from .errors import (
     OrderError,
     SlimkitError,
 )
-from .record import Manifest, Record, manifest_of, records, set_model_spec
 from .recipe import Recipe, Step, presets
+from .record import Manifest, Record, manifest_of, records, set_model_spec
 from .registry import config_class, entry_for_kind, kinds, register_method, register_replay
 from .targets import Targets
 

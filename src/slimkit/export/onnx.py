@@ -31,8 +31,13 @@ from ..core.context import Batch, call_model
 from ..core.cpu import int8_isa
 from ..core.errors import ArtifactError, MethodError, SlimkitError
 from .int8_float import dequantized_int8, int8_modules, nodes_outside
-from .ort_quant import (describe_ops, optimize_transformer, quantizable_nodes, quantize_dynamic_onnx,
-                        quantize_static_onnx)
+from .ort_quant import (
+    describe_ops,
+    optimize_transformer,
+    quantizable_nodes,
+    quantize_dynamic_onnx,
+    quantize_static_onnx,
+)
 from .view import ExportView, Part, export_view
 
 

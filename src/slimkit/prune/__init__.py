@@ -13,8 +13,16 @@ __all__ = ["MagnitudePrune", "prunable_params"]
 
 from .allocation import allocate, keep_count  # noqa: E402
 from .importance import (  # noqa: E402
-    CRITERIA, aggregate, bn_scale_scores, entropy_scores, fpgm_scores, get_criterion, head_importance, lp_scores,
-    random_scores, taylor_scores,
+    CRITERIA,
+    aggregate,
+    bn_scale_scores,
+    entropy_scores,
+    fpgm_scores,
+    get_criterion,
+    head_importance,
+    lp_scores,
+    random_scores,
+    taylor_scores,
 )
 
 __all__ += [
@@ -22,10 +30,10 @@ __all__ += [
     "get_criterion", "head_importance", "lp_scores", "random_scores", "taylor_scores",
 ]
 
+from .gradual import DsdPrune, GradualPrune, MovementPrune, RegrowPrune  # noqa: E402
 from .hooks import PenaltyHook, ProximalHook, SparsityHook, fine_tune  # noqa: E402
 from .regularizers import Regularizer, ReweightedL1Prox  # noqa: E402
 from .schedules import DSD, Cubic, GrowPrune, NarangRamp, OneShot, Schedule  # noqa: E402
-from .gradual import DsdPrune, GradualPrune, RegrowPrune, MovementPrune  # noqa: E402
 from .unstructured import BlockPrune, NMPrune, ObdPrune, SparseGPTPrune, WandaPrune  # noqa: E402
 
 __all__ += [

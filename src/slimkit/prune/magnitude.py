@@ -22,8 +22,8 @@ from torch import nn
 
 from ..core import Context, MethodConfig, MethodError, Record, Targets, method_config, register_method
 from ..core.targets import check_patterns
-from .recurrent import is_recurrent_bias, is_recurrent_weight
 from .masks import global_topk_masks, sparsity_of, topk_mask
+from .recurrent import is_recurrent_bias, is_recurrent_weight
 from .sparsity import class_distribution_masks, class_uniform_masks, weight_class
 
 

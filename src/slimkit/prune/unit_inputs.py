@@ -51,7 +51,8 @@ def backward_passes(model: nn.Module, ctx: Context, batches: int, method: str,
     else:
         data = ctx.calib_data if ctx.calib_data is not None else (
             [ctx.example_inputs] if ctx.example_inputs is not None else None)
-        loss_of = lambda m, b: _loss_tensor(call_model(m, b)).float().pow(2).sum()
+        def loss_of(m, b):
+            return _loss_tensor(call_model(m, b)).float().pow(2).sum()
     if data is None:
         raise MethodError(f"{method} with gradient importance needs Context.train_data + loss_fn "
                           "or Context.calib_data")

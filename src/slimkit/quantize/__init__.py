@@ -99,6 +99,6 @@ __all__ += [
 ]
 
 # Data-free codebook quantisers as recipe kinds (quantize.balanced / pow2 / residual_binary).
-from .nonuniform_methods import BalancedQuant, Pow2Quant, ResidualBinaryQuant
+from .nonuniform_methods import BalancedQuant, Pow2Quant, ResidualBinaryQuant  # noqa: E402
 
 __all__ += ["BalancedQuant", "Pow2Quant", "ResidualBinaryQuant"]
