@@ -39,8 +39,10 @@ test-int8-avx2: $(STAMP)
 	@$(INT8_AVX2_ENV) $(BIN)/python -c "from slimkit.core.cpu import int8_isa; print(int8_isa().line())"
 	$(INT8_AVX2_ENV) $(BIN)/python -m pytest -q -m int8 --durations=5 $(PYTEST_ARGS)
 
+# ruff, then the import graph between slimkit's parts (fails on a cycle; --modules lists every edge)
 lint: $(STAMP)
-	$(BIN)/python -m ruff check src tests benchmarks
+	$(BIN)/python -m ruff check src tests benchmarks tools
+	$(BIN)/python tools/import_graph.py
 
 # docs/results.md from benchmarks/results/*.json (a test fails when it is stale)
 results: $(STAMP)
