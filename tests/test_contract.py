@@ -204,7 +204,50 @@ def test_method_contract(kind: str, capsys: pytest.CaptureFixture[str], tmp_path
         pytest.fail(f"method kind {kind!r} is registered but has no contract entry: add "
                     f"CONTRACT[{kind!r}] = (model factory name, small fast `with` options, targets) to {__file__} "
                     f"(factories: {sorted(FACTORIES)}; add a tiny model there if none suits the method)")
-    factory_name, options, targets = CONTRACT[kind]
+    check_contract(kind, *CONTRACT[kind], capsys, tmp_path)
+
+
+# Capabilities that are options of a kind rather than kinds of their own: each runs through the
+# same contract from YAML (the issue-16 list: "everything reachable from a recipe").
+VARIANTS: dict[str, tuple[str, str, dict[str, Any], dict[str, Any]]] = {
+    "intermediate-uniform-hidden-mse-logits": ("distill.intermediate", "tiny_bert", {
+        "steps": 2, "layer_map": "uniform", "matches": [{"what": "hidden", "loss": "mse"}], "logits": "mse"}, {}),
+    "intermediate-explicit-attention": ("distill.intermediate", "tiny_bert", {
+        "steps": 2, "layer_map": "explicit", "pairs": [[0, 1]], "matches": [{"what": "attention", "loss": "kl"}]}, {}),
+    "intermediate-learned-fitnets": ("distill.intermediate", "tiny_bert", {
+        "steps": 2, "layer_map": "learned", "matches": [{"what": "fitnets"}]}, {}),
+    "intermediate-attention-transfer-fsp": ("distill.intermediate", "tiny_bert", {
+        "steps": 2, "matches": [{"what": "attention_transfer", "p": 2.0}, {"what": "fsp", "weight": 0.5}]}, {}),
+    "intermediate-cnn-hidden-cosine-kd": ("distill.intermediate", "digits_cnn", {
+        "steps": 2, "matches": [{"what": "hidden", "loss": "cosine"}], "logits": "kd", "temperature": 2.0},
+        {"types": ["Conv2d"]}),
+    "assistant-chain-spec": ("distill.assistant_chain", "digits_cnn", {"steps": 2, "assistants": ["context"]}, {}),
+    "mutual-context-peer": ("distill.mutual", "digits_cnn", {"steps": 2, "peers": ["context"]}, {}),
+    "gradual-narang": ("prune.gradual", "digits_cnn", {"sparsity": 0.6, "steps": 4, "every": 1,
+                                                        "sparsity_schedule": "narang"}, CNN_WEIGHTS),
+    "gradual-l1": ("prune.gradual", "digits_cnn", {"sparsity": 0.6, "steps": 4, "every": 1, "reg": "l1",
+                                                    "reg_weight": 1e-3}, CNN_WEIGHTS),
+    "gradual-group-lasso": ("prune.gradual", "digits_cnn", {"sparsity": 0.6, "steps": 4, "every": 1,
+                                                             "reg": "group_lasso", "reg_groups": "cols"}, CNN_WEIGHTS),
+    "movement-rpp-proximal": ("prune.movement", "digits_cnn", {"sparsity": 0.6, "steps": 4, "every": 1,
+                                                                "proximal": True}, CNN_WEIGHTS),
+    "channel-entropy": ("prune.channel", "digits_cnn", {"ratio": 0.5, "importance": "entropy", "calib_batches": 2},
+                        CNN_WEIGHTS),
+    "channel-output-norm": ("prune.channel", "digits_cnn", {"ratio": 0.5, "importance": "output_norm",
+                                                             "calib_batches": 2}, CNN_WEIGHTS),
+    "channel-input-norm": ("prune.channel", "digits_cnn", {"ratio": 0.5, "importance": "input_norm",
+                                                            "calib_batches": 2}, CNN_WEIGHTS),
+}
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_capability_contract(variant: str, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    check_contract(*VARIANTS[variant], capsys, tmp_path)
+
+
+def check_contract(kind: str, factory_name: str, options: dict[str, Any], targets: dict[str, Any],
+                   capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    """The contract of one kind run with ``options`` on the tiny model ``factory_name``."""
     factory, data = FACTORIES[factory_name]
     cls = config_class(kind)
 
