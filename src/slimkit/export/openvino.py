@@ -108,8 +108,8 @@ class _FloatTable(nn.Module):
 def float_tables(model: nn.Module) -> Iterator[list[str]]:
     """Swap every ``QuantEmbedding`` in ``model`` for a float lookup of its dequantized rows, for
     the duration; yields the names swapped."""
-    from ..quantize.embedding import QuantEmbedding
     from ..core.modules import swap_module as swap
+    from ..quantize.embedding import QuantEmbedding
 
     found = [(n, m) for n, m in model.named_modules() if isinstance(m, QuantEmbedding)]
     for n, m in found:
