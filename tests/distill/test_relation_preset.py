@@ -5,22 +5,15 @@ from __future__ import annotations
 import dataclasses
 
 import torch
-import transformers
 import yaml
+from support.models import tiny_minilm
 
 import slimkit
 from slimkit.core import Context, Recipe, presets
 from slimkit.core.recipe import check_order
-from slimkit.zoo.minilm import SentenceEmbedder
 
 PRESET = "minilm-distill-relation"
 
-
-def tiny_minilm(seed: int = 0) -> torch.nn.Module:
-    torch.manual_seed(seed)
-    config = transformers.BertConfig(vocab_size=60, hidden_size=48, num_hidden_layers=6, num_attention_heads=12,
-                                     intermediate_size=64, max_position_embeddings=16)
-    return SentenceEmbedder(transformers.BertModel(config)).eval()
 
 
 def test_preset_is_listed_valid_and_explained() -> None:

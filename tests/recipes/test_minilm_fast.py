@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import dataclasses
 
-import pytest
 import torch
 import yaml
+from support.models import tiny_minilm
 
 import slimkit
 from slimkit.core import Context, Recipe, presets
@@ -16,16 +16,6 @@ from slimkit.quantize.embedding import QuantEmbedding
 
 PRESET = "minilm-fast"
 
-
-def tiny_minilm(seed: int = 0) -> torch.nn.Module:
-    """MiniLM's shape in miniature: 6 layers, 12 heads (of 4 dims), mean-pooled normalised embeddings."""
-    transformers = pytest.importorskip("transformers")
-    from slimkit.zoo.minilm import SentenceEmbedder
-
-    torch.manual_seed(seed)
-    config = transformers.BertConfig(vocab_size=60, hidden_size=48, num_hidden_layers=6, num_attention_heads=12,
-                                     intermediate_size=64, max_position_embeddings=16)
-    return SentenceEmbedder(transformers.BertModel(config)).eval()
 
 
 def test_preset_is_listed_valid_and_explained() -> None:

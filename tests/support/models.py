@@ -259,4 +259,19 @@ MODELS: dict[str, Spec] = {
     for name, f in {**PRUNE_FACTORIES, **NEW_FACTORIES}.items()
 }
 
-__all__ = ["MODELS", "Spec", "DenseNet", "UNet", "RecurrentClassifier", "MHAEncoder"]
+
+
+def tiny_minilm(seed: int = 0) -> nn.Module:
+    """MiniLM's shape in miniature (for the MiniLM presets' tests): 6 layers, 12 heads of 4 dims,
+    mean-pooled normalised embeddings, random weights."""
+    import transformers
+
+    from slimkit.zoo.minilm import SentenceEmbedder
+
+    torch.manual_seed(seed)
+    config = transformers.BertConfig(vocab_size=60, hidden_size=48, num_hidden_layers=6, num_attention_heads=12,
+                                     intermediate_size=64, max_position_embeddings=16)
+    return SentenceEmbedder(transformers.BertModel(config)).eval()
+
+
+__all__ = ["MODELS", "Spec", "DenseNet", "UNet", "RecurrentClassifier", "MHAEncoder", "tiny_minilm"]
