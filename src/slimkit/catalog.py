@@ -12,6 +12,7 @@ from .export import (
     openvino,  # noqa: F401
     pt2e,  # noqa: F401
 )
+from .lowrank import svd_method as _lowrank_svd  # noqa: F401
 from .prune import (
     gradual,  # noqa: F401
     layers,  # noqa: F401

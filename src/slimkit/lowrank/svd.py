@@ -1,0 +1,155 @@
+"""Truncated SVD of a weight matrix, and how to choose its rank: the math of ``lowrank.svd``.
+
+No module surgery here (that is :mod:`.svd_method`): weights in, factors and ranks out.
+
+A weight ``W [out, in]`` is replaced by ``A [out, r] @ B [r, in]``, which costs
+``r * (out + in)`` parameters and MACs per token instead of ``out * in``; it is smaller
+only while ``r < out * in / (out + in)`` (:func:`break_even_rank`).
+
+Plain SVD minimises the *weight* error ``||W - AB||_F``. What matters is the *output*
+error ``||(W - AB) X^T||_F`` on the inputs the layer really sees, and inputs are far from
+isotropic (a few directions carry most of the activation energy). The data-aware variant
+(ASVD / SVD-LLM) whitens first: with the input Gram ``G = X^T X = L L^T`` (Cholesky),
+
+    ||(W - W') X^T||_F^2 = tr((W - W') G (W - W')^T) = ||(W - W') L||_F^2,
+
+so the best rank-r ``W'`` is the truncated SVD of ``W L`` mapped back:
+``W L ~ U_r S_r V_r^T`` -> ``A = U_r sqrt(S_r)``, ``B = sqrt(S_r) V_r^T L^{-1}``. A Gram that is
+singular (an input feature that never varies, fewer tokens than features) is damped by
+``damping * mean(diag G)`` on its diagonal before the factorization.
+
+The singular values are split evenly (``sqrt(S)`` on both sides): the product is the
+same as ``U S`` / ``V^T`` and both factors get comparable scales, which suits the
+recovery training that usually follows.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+
+from ..core import MethodError
+
+
+def break_even_rank(out_f: int, in_f: int) -> int:
+    """The largest rank whose two factors hold fewer parameters than the dense ``[out, in]`` matrix."""
+    return max(0, (out_f * in_f - 1) // (out_f + in_f))
+
+
+def factored_params(out_f: int, in_f: int, rank: int) -> int:
+    """Parameters of ``A [out, r]`` plus ``B [r, in]`` (biases are unchanged and not counted)."""
+    return rank * (out_f + in_f)
+
+
+def whitener(gram: torch.Tensor, damping: float) -> torch.Tensor:
+    """Lower Cholesky factor ``L`` of ``gram + damping * mean(diag) * I`` ([in, in], float64).
+
+    ``damping`` is relative to the Gram's mean diagonal, so it means the same for any input
+    scale. If the damped Gram is still not positive definite (numerically), the damping is
+    raised tenfold up to four times; after that the layer cannot be whitened.
+    """
+    g = gram.to(torch.float64)  # [in, in]
+    n = g.shape[0]
+    scale = float(torch.diagonal(g).mean()) if n else 0.0
+    scale = scale if scale > 0 else 1.0
+    eye = torch.eye(n, dtype=torch.float64)
+    lam = damping
+    for _ in range(5):
+        chol, info = torch.linalg.cholesky_ex(g + (lam * scale) * eye)
+        if int(info) == 0:
+            return chol
+        lam = max(lam * 10, 1e-6)
+    raise MethodError(f"the input Gram matrix ({n}x{n}) is not positive definite even with damping {lam / 10:g}; "
+                      "raise `damping` or use more calibration batches")
+
+
+def spectrum(weight: torch.Tensor, chol: torch.Tensor | None = None) -> torch.Tensor:
+    """Singular values (descending, float64) of ``W`` or, data-aware, of ``W L``."""
+    w = weight.detach().to(torch.float64)  # [out, in]
+    if chol is not None:
+        w = w @ chol  # [out, in]
+    return torch.linalg.svdvals(w)  # [min(out, in)]
+
+
+def factorize(weight: torch.Tensor, rank: int, chol: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(A [out, r], B [r, in])`` with ``A @ B`` the best rank-``r`` approximation of ``weight``.
+
+    Best in the weight's Frobenius norm, or with ``chol`` (:func:`whitener` of the input
+    Gram) in the output error on those inputs. Computed in float64, returned in the
+    weight's dtype.
+    """
+    out_f, in_f = weight.shape
+    if not 1 <= rank <= min(out_f, in_f):
+        raise MethodError(f"rank {rank} is outside [1, {min(out_f, in_f)}] for a {out_f}x{in_f} weight")
+    w = weight.detach().to(torch.float64)  # [out, in]
+    target = w @ chol if chol is not None else w
+    u, s, vh = torch.linalg.svd(target, full_matrices=False)  # [out, k], [k], [k, in]
+    root = s[:rank].sqrt()  # [r]
+    a = u[:, :rank] * root  # [out, r]
+    b = root[:, None] * vh[:rank]  # [r, in]
+    if chol is not None:
+        # B L^{-1}: solve X L = B for X, i.e. L^T X^T = B^T (L lower triangular)
+        b = torch.linalg.solve_triangular(chol.T, b.T, upper=True).T  # [r, in]
+    return a.to(weight.dtype), b.to(weight.dtype)
+
+
+def rank_for_ratio(out_f: int, in_f: int, ratio: float) -> int:
+    """The rank whose factors hold about ``ratio`` of the dense parameters (at least 1)."""
+    return max(1, min(min(out_f, in_f), int(ratio * out_f * in_f / (out_f + in_f))))
+
+
+def rank_for_energy(s: torch.Tensor, energy: float) -> int:
+    """The smallest rank whose singular values keep ``energy`` of the total squared ones."""
+    e = s.to(torch.float64) ** 2
+    total = float(e.sum())
+    if total <= 0:
+        return 1
+    kept = torch.cumsum(e, 0) / total  # [k], non-decreasing
+    return min(int((kept < energy - 1e-12).sum()) + 1, s.numel())
+
+
+def allocate_budget(spectra: Mapping[str, tuple[torch.Tensor, int, int]], fraction: float) -> dict[str, int]:
+    """Ranks for several layers that together keep ``fraction`` of their dense parameters.
+
+    ``spectra`` maps a layer to ``(singular values, out, in)``. Every layer starts at rank 1;
+    then singular directions are added greedily by *relative energy per parameter*: direction
+    k of a layer gains ``s_k^2 / sum(s^2)`` (the share of that layer's energy, so a layer's
+    weight scale does not buy it rank) and costs ``out + in`` parameters. Singular values
+    are sorted, so each layer's gains fall with k and the greedy order is the water-filling
+    optimum of the separable problem. A layer never passes its break-even rank (beyond it
+    the dense layer is smaller). The result keeps at most ``fraction`` of the parameters
+    unless rank 1 everywhere already exceeds it (then every layer gets rank 1).
+    """
+    dense = sum(o * i for _, o, i in spectra.values())
+    budget = fraction * dense
+    ranks = {name: 1 for name in spectra}
+    spent = sum(o + i for _, o, i in spectra.values())
+    cands: list[tuple[float, int, str]] = []
+    for name, (s, o, i) in spectra.items():
+        e = s.to(torch.float64) ** 2
+        total = float(e.sum()) or 1.0
+        cap = min(break_even_rank(o, i), s.numel())
+        for k in range(1, cap):  # direction k (0-based) takes the rank from k to k + 1
+            cands.append((float(e[k]) / total / (o + i), k, name))
+    cands.sort(key=lambda c: (-c[0], c[1]))
+    for _, k, name in cands:
+        _, o, i = spectra[name]
+        if ranks[name] != k or spent + o + i > budget:
+            continue
+        ranks[name] = k + 1
+        spent += o + i
+    return ranks
+
+
+def relative_error(weight: torch.Tensor, a: torch.Tensor, b: torch.Tensor, x: torch.Tensor | None = None) -> float:
+    """``||W - AB|| / ||W||``, or with inputs ``x [N, in]`` the output error ``||x (W - AB)^T|| / ||x W^T||``."""
+    w = weight.to(torch.float64)
+    d = w - a.to(torch.float64) @ b.to(torch.float64)  # [out, in]
+    if x is None:
+        return float(d.norm() / w.norm().clamp_min(1e-30))
+    x = x.to(torch.float64)
+    return float((x @ d.T).norm() / (x @ w.T).norm().clamp_min(1e-30))
+
+
+__all__ = ["allocate_budget", "break_even_rank", "factored_params", "factorize", "rank_for_energy", "rank_for_ratio",
+           "relative_error", "spectrum", "whitener"]
