@@ -31,7 +31,7 @@ from torch import nn
 import slimkit
 from slimkit import measure, zoo
 from slimkit.app.pipeline import context_for, load_artifact
-from slimkit.core import Recipe
+from slimkit.core import Recipe, config_class
 from slimkit.core.cpu import int8_isa
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -82,7 +82,7 @@ def before(args: argparse.Namespace, argv: list[str]) -> None:
     rows: dict[str, Any] = {"fp32": {"dev": score(zm.model, zm.tokenizer, "dev"), "test": FP32_TEST}}
     for label, aware in (("plain", False), ("data_aware", True)):
         t0 = time.perf_counter()
-        cfg = slimkit.config_class("lowrank.svd").from_dict({**options, "data_aware": aware})
+        cfg = config_class("lowrank.svd").from_dict({**options, "data_aware": aware})
         model = slimkit.apply(zm.model, cfg, slimkit.Targets.from_dict(targets), ctx)
         secs = time.perf_counter() - t0
         rec = slimkit.records(model)[-1]

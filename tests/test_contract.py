@@ -101,6 +101,7 @@ def make_context(data: Callable[[torch.Generator], tuple[Any, Any]], export_dir:
 CNN_WEIGHTS = {"types": ["Conv2d", "Linear"]}
 LINEARS = {"types": ["Linear"]}
 CONTRACT: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
+    "lowrank.svd": ("digits_cnn", {"rank": 4, "data_aware": True, "calib_batches": 2}, LINEARS),
     "prune.block": ("digits_cnn", {"sparsity": 0.5, "block": [2, 4]}, LINEARS),
     "prune.channel": ("digits_cnn", {"ratio": 0.5, "importance": "taylor", "calib_batches": 2}, CNN_WEIGHTS),
     "prune.dsd": ("digits_cnn", {"sparsity": 0.5, "sparse_steps": 3, "redense_steps": 2}, CNN_WEIGHTS),
@@ -235,6 +236,10 @@ VARIANTS: dict[str, tuple[str, str, dict[str, Any], dict[str, Any]]] = {
                         CNN_WEIGHTS),
     "channel-output-norm": ("prune.channel", "digits_cnn", {"ratio": 0.5, "importance": "output_norm",
                                                              "calib_batches": 2}, CNN_WEIGHTS),
+    "svd-bert-budget-params-gate": ("lowrank.svd", "tiny_bert", {"budget": 0.5, "gate": "params",
+                                                                 "gate_min_ratio": 1.2},
+                                    {"include": ["*.layer.*"], "types": ["Linear"]}),
+    "svd-bert-embedding-ratio": ("lowrank.svd", "tiny_bert", {"ratio": 0.5}, {"include": ["*word_embeddings"]}),
     "channel-input-norm": ("prune.channel", "digits_cnn", {"ratio": 0.5, "importance": "input_norm",
                                                             "calib_batches": 2}, CNN_WEIGHTS),
 }
