@@ -63,12 +63,35 @@ def whitener(gram: torch.Tensor, damping: float) -> torch.Tensor:
                       "raise `damping` or use more calibration batches")
 
 
+def decompose(weight: torch.Tensor, chol: torch.Tensor | None = None
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Thin SVD ``(U [out, k], s [k], V^T [k, in])`` in float64 of ``W`` or, data-aware, of ``W L``.
+
+    Computed once per layer: the rank rules read ``s``, :func:`truncate` the rest.
+    """
+    w = weight.detach().to(torch.float64)  # [out, in]
+    return torch.linalg.svd(w @ chol if chol is not None else w, full_matrices=False)
+
+
 def spectrum(weight: torch.Tensor, chol: torch.Tensor | None = None) -> torch.Tensor:
     """Singular values (descending, float64) of ``W`` or, data-aware, of ``W L``."""
     w = weight.detach().to(torch.float64)  # [out, in]
+    return torch.linalg.svdvals(w @ chol if chol is not None else w)  # [min(out, in)]
+
+
+def truncate(svd: tuple[torch.Tensor, torch.Tensor, torch.Tensor], rank: int, chol: torch.Tensor | None = None,
+             dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(A [out, r], B [r, in])`` from a :func:`decompose` result (``chol``: the same whitener)."""
+    u, s, vh = svd
+    if not 1 <= rank <= s.numel():
+        raise MethodError(f"rank {rank} is outside [1, {s.numel()}] for a {u.shape[0]}x{vh.shape[1]} weight")
+    root = s[:rank].sqrt()  # [r]
+    a = u[:, :rank] * root  # [out, r]
+    b = root[:, None] * vh[:rank]  # [r, in]
     if chol is not None:
-        w = w @ chol  # [out, in]
-    return torch.linalg.svdvals(w)  # [min(out, in)]
+        # B L^{-1}: solve X L = B for X, i.e. L^T X^T = B^T (L lower triangular)
+        b = torch.linalg.solve_triangular(chol.T, b.T, upper=True).T  # [r, in]
+    return a.to(dtype), b.to(dtype)
 
 
 def factorize(weight: torch.Tensor, rank: int, chol: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -78,19 +101,10 @@ def factorize(weight: torch.Tensor, rank: int, chol: torch.Tensor | None = None)
     Gram) in the output error on those inputs. Computed in float64, returned in the
     weight's dtype.
     """
-    out_f, in_f = weight.shape
-    if not 1 <= rank <= min(out_f, in_f):
-        raise MethodError(f"rank {rank} is outside [1, {min(out_f, in_f)}] for a {out_f}x{in_f} weight")
-    w = weight.detach().to(torch.float64)  # [out, in]
-    target = w @ chol if chol is not None else w
-    u, s, vh = torch.linalg.svd(target, full_matrices=False)  # [out, k], [k], [k, in]
-    root = s[:rank].sqrt()  # [r]
-    a = u[:, :rank] * root  # [out, r]
-    b = root[:, None] * vh[:rank]  # [r, in]
-    if chol is not None:
-        # B L^{-1}: solve X L = B for X, i.e. L^T X^T = B^T (L lower triangular)
-        b = torch.linalg.solve_triangular(chol.T, b.T, upper=True).T  # [r, in]
-    return a.to(weight.dtype), b.to(weight.dtype)
+    if not 1 <= rank <= min(weight.shape):
+        raise MethodError(f"rank {rank} is outside [1, {min(weight.shape)}] for a "
+                          f"{weight.shape[0]}x{weight.shape[1]} weight")
+    return truncate(decompose(weight, chol), rank, chol, weight.dtype)
 
 
 def rank_for_ratio(out_f: int, in_f: int, ratio: float) -> int:
@@ -151,5 +165,5 @@ def relative_error(weight: torch.Tensor, a: torch.Tensor, b: torch.Tensor, x: to
     return float((x @ d.T).norm() / (x @ w.T).norm().clamp_min(1e-30))
 
 
-__all__ = ["allocate_budget", "break_even_rank", "factored_params", "factorize", "rank_for_energy", "rank_for_ratio",
+__all__ = ["allocate_budget", "break_even_rank", "decompose", "factored_params", "factorize", "truncate", "rank_for_energy", "rank_for_ratio",
            "relative_error", "spectrum", "whitener"]

@@ -30,7 +30,7 @@ from ..core.context import forward_batches
 from ..core.modules import swap_module
 from ..core.progress import Progress
 from .gate import GateOptions, capture_inputs, decide, n_params, summarize
-from .svd import allocate_budget, break_even_rank, factorize, rank_for_energy, rank_for_ratio, spectrum, whitener
+from .svd import allocate_budget, break_even_rank, decompose, factorize, rank_for_energy, rank_for_ratio, truncate, whitener
 
 KIND = "lowrank.svd"
 _SUPPORTED = ("Linear", "Embedding")
@@ -94,9 +94,14 @@ def _matrix(module: nn.Module) -> tuple[int, int]:
     return int(w.shape[0]), int(w.shape[1])
 
 
-def _build(module: nn.Module, rank: int, chol: torch.Tensor | None) -> nn.Sequential:
-    """The filled replacement of ``module`` at ``rank`` (``chol``: data-aware whitener, Linear only)."""
-    a, b = factorize(module.weight, rank, chol)  # [rows, r], [r, cols]
+def _build(module: nn.Module, rank: int, chol: torch.Tensor | None,
+           svd: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None) -> nn.Sequential:
+    """The filled replacement of ``module`` at ``rank`` (``chol``: data-aware whitener, Linear only;
+    ``svd``: the layer's :func:`decompose` result when the rank rule computed it already)."""
+    if svd is None:
+        a, b = factorize(module.weight, rank, chol)  # [rows, r], [r, cols]
+    else:
+        a, b = truncate(svd, rank, chol, module.weight.dtype)
     if isinstance(module, nn.Embedding):
         new = factored_embedding(module.num_embeddings, module.embedding_dim, rank, module.padding_idx, module.weight)
         new[0].weight.data.copy_(a)  # [V, r]
@@ -155,19 +160,23 @@ def input_grams(model: nn.Module, names: list[str], ctx: Context, batches: int) 
     return grams
 
 
-def choose_ranks(config: SvdLowrank, layers: list[tuple[str, nn.Module]],
-                 chols: dict[str, torch.Tensor]) -> dict[str, int]:
-    """Each layer's rank from the one rank option set (spectra of ``W L`` when data-aware)."""
+def choose_ranks(config: SvdLowrank, layers: list[tuple[str, nn.Module]], chols: dict[str, torch.Tensor],
+                 svds: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]) -> dict[str, int]:
+    """Each layer's rank from the one rank option set (spectra of ``W L`` when data-aware).
+
+    ``energy`` and ``budget`` need every layer's spectrum: the full SVDs are computed here
+    and left in ``svds`` for the factors.
+    """
     dims = {name: _matrix(m) for name, m in layers}
     if config.rank is not None:
         return {n: min(config.rank, *d) for n, d in dims.items()}
     if config.ratio is not None:
         return {n: rank_for_ratio(*d, config.ratio) for n, d in dims.items()}
-    spectra = {n: spectrum(m.weight, chols.get(n)) for n, m in layers}
+    svds.update({n: decompose(m.weight, chols.get(n)) for n, m in layers})
     if config.energy is not None:
-        return {n: rank_for_energy(s, config.energy) for n, s in spectra.items()}
+        return {n: rank_for_energy(svds[n][1], config.energy) for n in svds}
     assert config.budget is not None
-    return allocate_budget({n: (spectra[n], *dims[n]) for n in spectra}, config.budget)
+    return allocate_budget({n: (svds[n][1], *dims[n]) for n in svds}, config.budget)
 
 
 # -- the method ---------------------------------------------------------------------------------
@@ -180,7 +189,8 @@ def svd_lowrank(model: nn.Module, config: SvdLowrank, targets: Targets, ctx: Con
     if config.data_aware and linear_names:
         grams = input_grams(model, linear_names, ctx, config.calib_batches)
         chols = {n: whitener(g, config.damping) for n, g in grams.items()}
-    ranks = choose_ranks(config, layers, chols)
+    svds: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+    ranks = choose_ranks(config, layers, chols, svds)
     inputs = capture_inputs(model, [n for n, _ in layers], ctx, KIND) if config.gate == "latency" else {}
     kept: dict[str, dict[str, Any]] = {}
     decisions = []
@@ -197,7 +207,7 @@ def svd_lowrank(model: nn.Module, config: SvdLowrank, targets: Targets, ctx: Con
                                  f"{break_even_rank(rows, cols)} for {rows}x{cols})")
                 params_after += dense_params
                 continue
-            candidate = _build(module, rank, chols.get(name))
+            candidate = _build(module, rank, chols.get(name), svds.pop(name, None))
             decision = decide(name, module, candidate, inputs.get(name), config)
             decisions.append(decision)
             if decision.kept != "factorized":
