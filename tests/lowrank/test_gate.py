@@ -134,3 +134,9 @@ class DataDependent(nn.Module):
 def test_a_layer_that_cannot_be_exported_is_a_method_error(tmp_path) -> None:
     with pytest.raises(MethodError, match="cannot time DataDependent on pt2"):
         serving_callable(DataDependent(), (torch.randn(2, 3),), "pt2", tmp_path)
+
+
+def test_latency_gate_leaves_the_layers_training_flags_as_they_were() -> None:
+    dense, thin = nn.Linear(8, 8).train(), _thin(nn.Linear(8, 8), 2).train()
+    decide("fc", dense, thin, (torch.randn(2, 8),), GateOptions(gate="latency", gate_rounds=1, gate_iters=1))
+    assert dense.training and thin.training

@@ -163,11 +163,16 @@ def decide(layer: str, dense: nn.Module, candidate: nn.Module, inputs: tuple[Any
         return GateDecision(layer, "dense", "latency", None, pd, pf, runtime=options.gate_runtime)
     from ..measure.latency import compare
 
-    with tempfile.TemporaryDirectory(prefix="slimkit-gate-") as tmp:
-        fa, xa = serving_callable(dense, inputs, options.gate_runtime, Path(tmp))
-        fb, xb = serving_callable(candidate, inputs, options.gate_runtime, Path(tmp))
-        res = compare(_Call(fa), _Call(fb), xa, inputs_b=xb, rounds=options.gate_rounds,
-                      iters_per_round=options.gate_iters, warmup=2, threads=options.gate_threads)
+    modes = (dense.training, candidate.training)  # timing runs in eval mode; the model's mode is kept
+    try:
+        with tempfile.TemporaryDirectory(prefix="slimkit-gate-") as tmp:
+            fa, xa = serving_callable(dense, inputs, options.gate_runtime, Path(tmp))
+            fb, xb = serving_callable(candidate, inputs, options.gate_runtime, Path(tmp))
+            res = compare(_Call(fa), _Call(fb), xa, inputs_b=xb, rounds=options.gate_rounds,
+                          iters_per_round=options.gate_iters, warmup=2, threads=options.gate_threads)
+    finally:
+        dense.train(modes[0])
+        candidate.train(modes[1])
     kept = "factorized" if res.speedup >= options.gate_min_ratio else "dense"
     return GateDecision(layer, kept, "latency", res.speedup, pd, pf, runtime=options.gate_runtime,
                         dense_ms=res.median_a_ms, factorized_ms=res.median_b_ms)
