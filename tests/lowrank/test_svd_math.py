@@ -71,6 +71,10 @@ def test_energy_rule_keeps_the_smallest_sufficient_rank() -> None:
         assert r == 1 or float(e[: r - 1].sum()) < energy
 
 
+def _cost(rank: int | None, out_f: int, in_f: int) -> int:
+    return out_f * in_f if rank is None else factored_params(out_f, in_f, rank)
+
+
 def test_budget_is_met_and_goes_where_energy_is() -> None:
     g = _gen(2)
     low = torch.randn(64, 3, generator=g) @ torch.randn(3, 64, generator=g) + 1e-3 * torch.randn(64, 64, generator=g)
@@ -80,14 +84,27 @@ def test_budget_is_met_and_goes_where_energy_is() -> None:
     dense = sum(o * i for _, o, i in spectra.values())
     for fraction in (0.2, 0.4):
         ranks = allocate_budget(spectra, fraction)
-        spent = sum(factored_params(o, i, ranks[n]) for n, (_, o, i) in spectra.items())
+        spent = sum(_cost(ranks[n], o, i) for n, (_, o, i) in spectra.items())
         assert spent <= fraction * dense
         assert spent > fraction * dense - 2 * 160  # within two directions of the budget: nothing left on the table
+        assert ranks["low"] is not None and ranks["flat"] is not None
         assert 3 <= ranks["low"] < ranks["flat"]  # the rank-3 layer needs 3 directions, not more
         assert all(r <= break_even_rank(o, i) for n, (_, o, i) in spectra.items() for r in [ranks[n]])
     # the same spectra scaled: relative energy makes the allocation scale-free
     scaled = {n: (s * 100 if n == "flat" else s, o, i) for n, (s, o, i) in spectra.items()}
     assert allocate_budget(scaled, 0.3) == allocate_budget(spectra, 0.3)
+
+
+def test_budget_keeps_a_layer_dense_rather_than_near_its_break_even_rank() -> None:
+    g = _gen(6)
+    low = torch.randn(64, 2, generator=g) @ torch.randn(2, 64, generator=g)
+    flat = torch.randn(64, 64, generator=g)
+    spectra = {n: (spectrum(w), *w.shape) for n, w in (("low", low), ("flat", flat))}
+    ranks = allocate_budget(spectra, 0.6)
+    # the flat layer would need its break-even rank (31: 97 % of its weights) to keep most of its
+    # energy; dense costs 3 % more and keeps all of it, and the rank-2 layer frees the budget
+    assert ranks["flat"] is None and ranks["low"] is not None and ranks["low"] >= 2  # leftovers go to "low"
+    assert _cost(2, 64, 64) + 64 * 64 <= 0.6 * 2 * 64 * 64
 
 
 def test_whitening_lowers_the_output_error_on_correlated_inputs() -> None:

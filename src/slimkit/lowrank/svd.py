@@ -122,37 +122,58 @@ def rank_for_energy(s: torch.Tensor, energy: float) -> int:
     return min(int((kept < energy - 1e-12).sum()) + 1, s.numel())
 
 
-def allocate_budget(spectra: Mapping[str, tuple[torch.Tensor, int, int]], fraction: float) -> dict[str, int]:
-    """Ranks for several layers that together keep ``fraction`` of their dense parameters.
+def allocate_budget(spectra: Mapping[str, tuple[torch.Tensor, int, int]], fraction: float) -> dict[str, int | None]:
+    """Ranks for several layers that together keep at most ``fraction`` of their dense parameters.
 
-    ``spectra`` maps a layer to ``(singular values, out, in)``. Every layer starts at rank 1;
-    then singular directions are added greedily by *relative energy per parameter*: direction
-    k of a layer gains ``s_k^2 / sum(s^2)`` (the share of that layer's energy, so a layer's
-    weight scale does not buy it rank) and costs ``out + in`` parameters. Singular values
-    are sorted, so each layer's gains fall with k and the greedy order is the water-filling
-    optimum of the separable problem. A layer never passes its break-even rank (beyond it
-    the dense layer is smaller). The result keeps at most ``fraction`` of the parameters
-    unless rank 1 everywhere already exceeds it (then every layer gets rank 1).
+    ``spectra`` maps a layer to ``(singular values, out, in)``; a rank of ``None`` means *keep
+    the layer dense*. Each layer's options are rank 1 .. its break-even rank (cost
+    ``r * (out + in)``, value the share of the layer's squared singular values kept, so a
+    layer's weight scale buys it nothing) and dense (cost ``out * in``, value 1). Every layer
+    starts at rank 1; then the steps along the upper concave hull of each layer's
+    (cost, value) points are taken greedily by value per parameter across all layers, while
+    they fit the budget: water-filling on the hull, the optimum of the relaxed separable
+    problem. The dense option matters near the break-even rank: two thin factors that save
+    a few percent of the parameters cost a second matrix product, so a layer either gets a
+    rank well below break-even or stays dense. If rank 1 everywhere already exceeds the
+    budget, every layer gets rank 1.
     """
     dense = sum(o * i for _, o, i in spectra.values())
     budget = fraction * dense
-    ranks = {name: 1 for name in spectra}
+    ranks: dict[str, int | None] = {name: 1 for name in spectra}
     spent = sum(o + i for _, o, i in spectra.values())
-    cands: list[tuple[float, int, str]] = []
+    steps: list[tuple[float, int, str, int | None, float]] = []  # (value per param, order, layer, rank, cost)
     for name, (s, o, i) in spectra.items():
         e = s.to(torch.float64) ** 2
-        total = float(e.sum()) or 1.0
+        kept = (torch.cumsum(e, 0) / (float(e.sum()) or 1.0)).tolist()
         cap = min(break_even_rank(o, i), s.numel())
-        for k in range(1, cap):  # direction k (0-based) takes the rank from k to k + 1
-            cands.append((float(e[k]) / total / (o + i), k, name))
-    cands.sort(key=lambda c: (-c[0], c[1]))
-    for _, k, name in cands:
-        _, o, i = spectra[name]
-        if ranks[name] != k or spent + o + i > budget:
+        points = [(float(r * (o + i)), kept[r - 1], r) for r in range(1, cap + 1)]
+        points.append((float(o * i), 1.0, None))
+        hull = _upper_hull(points)
+        for k, (a, b) in enumerate(zip(hull, hull[1:])):
+            steps.append(((b[1] - a[1]) / (b[0] - a[0]), k, name, b[2], b[0] - a[0]))
+    steps.sort(key=lambda t: (-t[0], t[1]))
+    taken = {name: 0 for name in spectra}  # hull steps taken per layer (they must be taken in order)
+    for _, k, name, rank, cost in steps:
+        if taken[name] != k or spent + cost > budget:
             continue
-        ranks[name] = k + 1
-        spent += o + i
+        ranks[name] = rank
+        taken[name] += 1
+        spent += cost
     return ranks
+
+
+def _upper_hull(points: list[tuple[float, float, int | None]]) -> list[tuple[float, float, int | None]]:
+    """The upper concave hull of points sorted by cost, from the first to the last (monotone chain)."""
+    hull: list[tuple[float, float, int | None]] = []
+    for p in points:
+        while len(hull) >= 2:
+            (x1, y1, _), (x2, y2, _) = hull[-2], hull[-1]
+            if (x2 - x1) * (p[1] - y1) - (y2 - y1) * (p[0] - x1) >= 0:  # hull[-1] on or under the chord
+                hull.pop()
+            else:
+                break
+        hull.append(p)
+    return hull
 
 
 def relative_error(weight: torch.Tensor, a: torch.Tensor, b: torch.Tensor, x: torch.Tensor | None = None) -> float:

@@ -161,11 +161,11 @@ def input_grams(model: nn.Module, names: list[str], ctx: Context, batches: int) 
 
 
 def choose_ranks(config: SvdLowrank, layers: list[tuple[str, nn.Module]], chols: dict[str, torch.Tensor],
-                 svds: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]) -> dict[str, int]:
+                 svds: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]) -> dict[str, int | None]:
     """Each layer's rank from the one rank option set (spectra of ``W L`` when data-aware).
 
     ``energy`` and ``budget`` need every layer's spectrum: the full SVDs are computed here
-    and left in ``svds`` for the factors.
+    and left in ``svds`` for the factors. ``None``: the budget keeps the layer dense.
     """
     dims = {name: _matrix(m) for name, m in layers}
     if config.rank is not None:
@@ -202,6 +202,11 @@ def svd_lowrank(model: nn.Module, config: SvdLowrank, targets: Targets, ctx: Con
             rank = ranks[name]
             dense_params = n_params(module)
             params_before += dense_params
+            if rank is None:
+                skipped[name] = "budget: kept dense (its last singular directions are worth more than the " \
+                                "parameters a factorization near the break-even rank would save)"
+                params_after += dense_params
+                continue
             if rank > break_even_rank(rows, cols):
                 skipped[name] = (f"rank {rank} would not reduce parameters (break-even rank "
                                  f"{break_even_rank(rows, cols)} for {rows}x{cols})")
