@@ -155,7 +155,7 @@ def _bert_batches(n: int = 2) -> list[dict[str, torch.Tensor]]:
 def test_tiny_bert_data_aware_save_restore_is_bit_exact(tmp_path) -> None:
     batches = _bert_batches()
     targets = Targets(include=("*.layer.*", "embeddings.word_embeddings"), types=("Linear", "Embedding"))
-    out = slimkit.apply(tiny_bert(), SvdLowrank(budget=0.5, data_aware=True, calib_batches=2), targets,
+    out = slimkit.apply(tiny_bert(), SvdLowrank(ratio=0.5, data_aware=True, calib_batches=2), targets,
                         ctx_with(batches))
     rec = slimkit.records(out)[0]
     assert "embeddings.word_embeddings" in rec.data["layers"] and len(rec.data["layers"]) == 13
