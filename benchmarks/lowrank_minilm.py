@@ -1,7 +1,8 @@
 """lowrank.svd on all-MiniLM-L6-v2 (issue 17, must-show 1): plain vs data-aware SVD, recovery, speed.
 
     SLIMKIT_DATA=... python benchmarks/lowrank_minilm.py before [--budget 0.6]
-    slimkit compress --model zoo:minilm-l6 --recipe benchmarks/recipes/minilm-svd.yaml --task stsb --out DIR
+    SLIMKIT_DATA=... python benchmarks/lowrank_minilm.py recover DIR   (or: slimkit compress --model zoo:minilm-l6
+        --recipe benchmarks/recipes/minilm-svd.yaml --task stsb --out DIR, which adds its report)
     SLIMKIT_DATA=... python benchmarks/lowrank_minilm.py after DIR [--rounds 10]
 
 ``before`` factorizes the six Linears of every encoder block (Q, K, V, attention output,
@@ -94,6 +95,18 @@ def before(args: argparse.Namespace, argv: list[str]) -> None:
     _write("before_recovery", {"options": options, "rows": rows}, argv)
 
 
+def recover(args: argparse.Namespace, argv: list[str]) -> None:
+    """The recipe's steps on zoo:minilm-l6 with the stsb task's data (what ``compress --task stsb``
+    feeds them), saved to ``args.dir``, without compress's report evaluations and timing."""
+    zm = zoo.load("zoo:minilm-l6")
+    recipe = Recipe.load(str(RECIPE))
+    ctx = context_for(zm, zoo.get_task("stsb"), calib_batches=8, progress=True)
+    t0 = time.perf_counter()
+    model = recipe.run(zm.model, ctx)
+    slimkit.save(model, args.dir, spec="zoo:minilm-l6")
+    print(f"recovered in {time.perf_counter() - t0:.0f} s -> {args.dir}", flush=True)
+
+
 def after(args: argparse.Namespace, argv: list[str]) -> None:
     model, zm = load_artifact(Path(args.dir))
     dense = zm.model.eval()
@@ -114,12 +127,17 @@ def main(argv: list[str]) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="phase", required=True)
     sub.add_parser("before")
+    r = sub.add_parser("recover")
+    r.add_argument("dir")
     a = sub.add_parser("after")
     a.add_argument("dir")
     a.add_argument("--rounds", type=int, default=10)
+    p.add_argument("--threads", type=int, help="torch threads (default: torch's)")
     args = p.parse_args(argv)
     torch.manual_seed(0)
-    {"before": before, "after": after}[args.phase](args, argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    {"before": before, "recover": recover, "after": after}[args.phase](args, argv)
 
 
 if __name__ == "__main__":

@@ -30,7 +30,16 @@ from ..core.context import forward_batches
 from ..core.modules import swap_module
 from ..core.progress import Progress
 from .gate import GateOptions, capture_inputs, decide, n_params, summarize
-from .svd import allocate_budget, break_even_rank, decompose, factorize, rank_for_energy, rank_for_ratio, truncate, whitener
+from .svd import (
+    allocate_budget,
+    break_even_rank,
+    decompose,
+    factorize,
+    rank_for_energy,
+    rank_for_ratio,
+    truncate,
+    whitener,
+)
 
 KIND = "lowrank.svd"
 _SUPPORTED = ("Linear", "Embedding")
