@@ -1,6 +1,6 @@
 """lowrank.svd on all-MiniLM-L6-v2 (issue 17, must-show 1): plain vs data-aware SVD, recovery, speed.
 
-    SLIMKIT_DATA=... python benchmarks/lowrank_minilm.py before [--budget 0.6]
+    SLIMKIT_DATA=... python benchmarks/lowrank_minilm.py before [--budget 0.59]
     SLIMKIT_DATA=... python benchmarks/lowrank_minilm.py recover DIR   (or: slimkit compress --model zoo:minilm-l6
         --recipe benchmarks/recipes/minilm-svd.yaml --task stsb --out DIR, which adds its report)
     SLIMKIT_DATA=... python benchmarks/lowrank_minilm.py after DIR [--rounds 10]
@@ -79,6 +79,8 @@ def before(args: argparse.Namespace, argv: list[str]) -> None:
     zm = zoo.load("zoo:minilm-l6")
     ctx = context_for(zm, zoo.get_task("stsb"), calib_batches=8, progress=False)
     options, targets = svd_step()
+    if args.budget is not None:
+        options["budget"] = args.budget
     dense = linear_params(zm.model)
     rows: dict[str, Any] = {"fp32": {"dev": score(zm.model, zm.tokenizer, "dev"), "test": FP32_TEST}}
     for label, aware in (("plain", False), ("data_aware", True)):
@@ -92,7 +94,7 @@ def before(args: argparse.Namespace, argv: list[str]) -> None:
                        "ranks": {k: v["rank"] for k, v in rec.data["layers"].items()},
                        "skipped": rec.data["skipped"]}
         print(label, {k: v for k, v in rows[label].items() if k not in ("ranks", "skipped")}, flush=True)
-    _write("before_recovery", {"options": options, "rows": rows}, argv)
+    _write(f"before_recovery_budget_{options.get('budget')}", {"options": options, "rows": rows}, argv)
 
 
 def recover(args: argparse.Namespace, argv: list[str]) -> None:
@@ -126,7 +128,8 @@ def after(args: argparse.Namespace, argv: list[str]) -> None:
 def main(argv: list[str]) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="phase", required=True)
-    sub.add_parser("before")
+    b = sub.add_parser("before")
+    b.add_argument("--budget", type=float, help="override the recipe's budget")
     r = sub.add_parser("recover")
     r.add_argument("dir")
     a = sub.add_parser("after")
