@@ -106,7 +106,7 @@ def test_latency_gate_records_a_measured_ratio_per_layer() -> None:
     assert [d["layer"] for d in rec.data["gate"]] == ["2", "8"]
     for d in rec.data["gate"]:
         assert d["gate"] == "latency" and d["ratio"] > 0 and d["dense_ms"] > 0 and d["factorized_ms"] > 0
-        assert (d["layer"] in rec.data["layers"]) == (d["kept"] == "factorized")
+        assert (d["layer"] in rec.data["layers"]) == (d["kept"] == "factorized") != (d["layer"] in rec.data["declined"])
         assert isinstance(out.get_submodule(d["layer"]), nn.Sequential) == (d["kept"] == "factorized")
 
 

@@ -203,8 +203,12 @@ def cp_als(w: Kernel, rank: int, *, iters: int = 200, tol: float = 1e-7, seed: i
         y = y / y.norm(dim=0).clamp_min(1e-30)
         xx = solve(torch.einsum("oiyx,or,ir,yr->xr", x, a, b, y), (a.T @ a) * (b.T @ b) * (y.T @ y))
         xx = xx / xx.norm(dim=0).clamp_min(1e-30)
-        a = solve(torch.einsum("oiyx,ir,yr,xr->or", x, b, y, xx), (b.T @ b) * (y.T @ y) * (xx.T @ xx))
-        err = float((x - cp_full(a, b, y, xx)).norm()) / norm
+        m_a = torch.einsum("oiyx,ir,yr,xr->or", x, b, y, xx)  # [C_out, R]
+        gram = (b.T @ b) * (y.T @ y) * (xx.T @ xx)  # [R, R]
+        a = solve(m_a, gram)
+        # ||x - xhat||^2 = ||x||^2 - 2 <x, xhat> + ||xhat||^2, without building xhat
+        sq = norm ** 2 - 2 * float((a * m_a).sum()) + float(((a.T @ a) * gram).sum())
+        err = math.sqrt(max(sq, 0.0)) / norm
         if prev - err < tol:
             break
         prev = err

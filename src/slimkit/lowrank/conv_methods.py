@@ -225,8 +225,9 @@ Build = Callable[[nn.Conv2d, dict[str, Any]], tuple[nn.Sequential, float]]
 
 def factorize_convs(model: nn.Module, config: _RankOptions, targets: Targets, ctx: Context,
                     plan: Plan, chain: Chain, build: Build) -> Record:
-    """Plan, build, gate and swap every targeted Conv2d; the Record lists kept layers' plans,
-    skipped layers with reasons and the gate's decisions."""
+    """Plan, build, gate and swap every targeted Conv2d; the Record lists the kept layers' plans
+    (``layers``: what replay rebuilds), the plans the gate declined, skipped layers with reasons
+    and the gate's decisions."""
     candidates: list[tuple[str, nn.Conv2d]] = []
     skipped: dict[str, str] = {}
     for name, module in targets.select(model):
@@ -244,6 +245,7 @@ def factorize_convs(model: nn.Module, config: _RankOptions, targets: Targets, ct
     inputs = capture_inputs(model, [n for n, _ in candidates], ctx, config.kind) \
         if config.gate == "latency" and candidates else {}
     layers: dict[str, dict[str, Any]] = {}
+    declined: dict[str, dict[str, Any]] = {}  # what the gate turned down (for reports; replay ignores it)
     decisions = []
     for name, conv in candidates:
         p = plan(conv)
@@ -257,8 +259,10 @@ def factorize_convs(model: nn.Module, config: _RankOptions, targets: Targets, ct
         if d.kept == "factorized":
             swap_module(model, name, seq)
             layers[name] = {**p, "error": round(err, 6)}
-    return Record(kind="", data={"rank_by": config.rank_by(), "layers": layers, "skipped": skipped,
-                                 "gate": [d.to_dict() for d in decisions]},
+        else:
+            declined[name] = {**p, "error": round(err, 6)}
+    return Record(kind="", data={"rank_by": config.rank_by(), "layers": layers, "declined": declined,
+                                 "skipped": skipped, "gate": [d.to_dict() for d in decisions]},
                   summary={**summarize(decisions), "layers_skipped": len(skipped)})
 
 
