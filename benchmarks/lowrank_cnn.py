@@ -72,10 +72,22 @@ def digits_resnet() -> nn.Module:
 
 def trained_resnet(zm: Any, task: Any) -> nn.Module:
     """:func:`digits_resnet` built and trained under a fixed seed on the digits train split (AdamW,
-    one-cycle), through the training engine; the same weights in every run."""
+    cosine), through the training engine; the same weights in every run (cached by a hash of the
+    architecture and settings under slimkit's cache folder)."""
+    import hashlib
+
+    from safetensors.torch import load_file, save_file
+
     from slimkit.train import TrainOptions, task_loss, train
+    from slimkit.zoo.data import atomic_write, cache_dir
 
     s = RESNET_TRAIN
+    key = hashlib.sha256((repr(digits_resnet()) + json.dumps(s, sort_keys=True)).encode()).hexdigest()[:16]
+    file = cache_dir() / f"digits-resnet-{key}.safetensors"
+    if file.is_file():
+        net = digits_resnet()
+        net.load_state_dict(load_file(str(file)), strict=True)
+        return net.eval()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(s["seed"])
         net = digits_resnet()
@@ -83,24 +95,30 @@ def trained_resnet(zm: Any, task: Any) -> nn.Module:
     train(net, task_loss(task.loss_fn), data, TrainOptions(steps=len(data), lr=s["lr"], weight_decay=s["weight_decay"],
                                                            schedule="cosine", warmup=len(data) // 20,
                                                            seed=s["seed"]), progress=False)
+    state = {k: v.detach().contiguous() for k, v in net.state_dict().items()}
+    atomic_write(file, lambda p: save_file(state, str(p)))
     return net.eval()
 
 
-def step_yaml(kind: str, options: dict[str, Any], gate: str, args: argparse.Namespace) -> dict[str, Any]:
+def step_yaml(kind: str, options: dict[str, Any], gate: str, batch: int, args: argparse.Namespace) -> dict[str, Any]:
     with_ = {**options, "gate": gate}
-    if gate == "latency":
-        with_.update(gate_rounds=args.gate_rounds, gate_iters=args.gate_iters, gate_threads=1)
+    if gate == "latency":  # one layer at batch 1 runs in ~0.1 ms: many calls per round against scheduler noise
+        with_.update(gate_rounds=args.gate_rounds, gate_iters=args.gate_iters * (10 if batch <= 8 else 1),
+                     gate_threads=1)
     return {"kind": kind, "targets": {"types": ["Conv2d"]}, "with": with_}
 
 
 def whole_model(base: nn.Module, model: nn.Module, x: torch.Tensor, args: argparse.Namespace) -> dict[str, Any]:
     """MACs / params from the profile and the paired latency ratio dense / ``model`` at batch ``x``."""
     prof = measure.profile(model, x)
-    res = measure.compare(base, model, x, rounds=args.rounds, iters_per_round=args.iters, warmup=5, threads=1)
+    # about args.round_ms of calls per side and round: ~1 ms calls (batch 1) get many, ~100 ms calls a few
+    once = measure.latency(base, x, warmup=2, iters=5, threads=1).median_ms
+    iters = max(3, min(50, round(args.round_ms / max(once, 1e-3))))
+    res = measure.compare(base, model, x, rounds=args.rounds, iters_per_round=iters, warmup=5, threads=1)
     return {"macs": prof.macs, "params": sum(p.numel() for p in model.parameters()),
             "speedup": round(res.speedup, 3), "speedup_p25": round(res.speedup_p25, 3),
             "speedup_p75": round(res.speedup_p75, 3), "dense_ms": round(res.median_a_ms, 4),
-            "model_ms": round(res.median_b_ms, 4)}
+            "model_ms": round(res.median_b_ms, 4), "rounds": args.rounds, "iters_per_round": iters}
 
 
 def layer_rows(rec: Any) -> list[dict[str, Any]]:
@@ -124,7 +142,7 @@ def run_arm(model_name: str, name: str, batch: int, base: nn.Module, zm: Any, ta
     ctx.example_inputs = x  # the gate times each layer at the serving batch's shape
     ctx.teacher = base  # fine-tune against the dense model of this run
     recipe = Recipe.from_dict({"name": name, "steps": [
-        step_yaml(kind, options, "latency", args),
+        step_yaml(kind, options, "latency", batch, args),
         {"kind": "distill.logits", "with": {"steps": args.steps, "lr": args.lr, "schedule": "cosine"}}]})
     seen: dict[str, Any] = {}
 
@@ -137,7 +155,7 @@ def run_arm(model_name: str, name: str, batch: int, base: nn.Module, zm: Any, ta
     tuned = recipe.run(base, ctx, on_step=on_step)
     elapsed = time.perf_counter() - t0
     # the same factorization without the gate: every layer swapped (no fine-tune; its structure only)
-    ungated = Recipe.from_dict({"name": f"{name}-ungated", "steps": [step_yaml(kind, options, "none", args)]})
+    ungated = Recipe.from_dict({"name": f"{name}-ungated", "steps": [step_yaml(kind, options, "none", batch, args)]})
     every = ungated.run(base, context_for(zm, task, batch_size=64, progress=False))
     row = {"model": model_name, "arm": name, "kind": kind, "options": options, "serve_batch": batch, "gate_runtime": "eager",
            "layers": layer_rows(seen["record"]), "acc_factorized": seen["acc_factorized"],
@@ -158,10 +176,11 @@ def main() -> None:
     ap.add_argument("--batches", nargs="+", type=int, default=[1, 256])
     ap.add_argument("--steps", type=int, default=400, help="distill.logits fine-tune steps (batch 64)")
     ap.add_argument("--lr", type=float, default=1e-3)
-    ap.add_argument("--rounds", type=int, default=15, help="whole-model paired rounds")
-    ap.add_argument("--iters", type=int, default=10, help="calls per round (whole model)")
+    ap.add_argument("--rounds", type=int, default=21, help="whole-model paired rounds")
+    ap.add_argument("--round-ms", type=float, default=100.0, help="time per side and round (whole model; sets "
+                    "the calls per round, 3 to 50)")
     ap.add_argument("--gate-rounds", type=int, default=9)
-    ap.add_argument("--gate-iters", type=int, default=10)
+    ap.add_argument("--gate-iters", type=int, default=5, help="calls per gate round (x10 at batch <= 8)")
     ap.add_argument("--out", type=Path, default=RESULTS / "lowrank_cnn.json")
     args = ap.parse_args()
     torch.set_num_threads(1)
