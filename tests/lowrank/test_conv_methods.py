@@ -152,3 +152,14 @@ def test_errors() -> None:
         slimkit.apply(small_cnn(), TuckerLowrank(), Targets(types=("Linear",)), Context())
     with pytest.raises(MethodError, match="example_inputs"):  # a latency gate needs a batch to time with
         slimkit.apply(small_cnn(), TuckerLowrank(rank=2, gate="latency"), Targets(), Context())
+
+
+@pytest.mark.slow  # torch.export's first call takes seconds
+def test_chains_export_with_torch_export() -> None:
+    """The replacement is plain Conv2d layers: torch.export takes the model as it is."""
+    out = slimkit.apply(small_cnn(), CpLowrank(rank=3, iters=10), Targets(include=("2", "8")), Context())
+    with torch.no_grad():
+        prog = torch.export.export(out, (X,), strict=False)
+        assert torch.allclose(prog.module()(X), out(X), atol=1e-6)
+    convs = [n for n in prog.graph.nodes if n.op == "call_function" and "conv" in str(n.target)]
+    assert len(convs) == 3 + 2 * 4  # the untouched stem, depthwise and 1x1, plus two 4-conv chains
