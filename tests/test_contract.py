@@ -101,6 +101,7 @@ def make_context(data: Callable[[torch.Generator], tuple[Any, Any]], export_dir:
 CNN_WEIGHTS = {"types": ["Conv2d", "Linear"]}
 LINEARS = {"types": ["Linear"]}
 CONTRACT: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
+    "lowrank.block_diagonal": ("digits_cnn", {"blocks": 2}, LINEARS),
     "prune.block": ("digits_cnn", {"sparsity": 0.5, "block": [2, 4]}, LINEARS),
     "prune.channel": ("digits_cnn", {"ratio": 0.5, "importance": "taylor", "calib_batches": 2}, CNN_WEIGHTS),
     "prune.dsd": ("digits_cnn", {"sparsity": 0.5, "sparse_steps": 3, "redense_steps": 2}, CNN_WEIGHTS),

@@ -12,6 +12,7 @@ from .export import (
     openvino,  # noqa: F401
     pt2e,  # noqa: F401
 )
+from .lowrank import block_diagonal as _lowrank_block_diagonal  # noqa: F401
 from .prune import (
     gradual,  # noqa: F401
     layers,  # noqa: F401

@@ -115,7 +115,7 @@ def _fill(layer: nn.Module, dense: nn.Linear, signed: bool) -> nn.Module:
     return layer
 
 
-def _run(model: nn.Module, config: GateOptions, targets: Targets, ctx: Context, build: Builder) -> Record:
+def replace_linears(model: nn.Module, config: GateOptions, targets: Targets, ctx: Context, build: Builder) -> Record:
     """Build, project, gate and swap every targeted Linear; the Record holds the kept layers' structure."""
     layers = _linears(model, targets, config.kind)
     inputs = capture_inputs(model, [n for n, _ in layers], ctx, config.kind) if config.gate == "latency" else {}
@@ -148,7 +148,7 @@ def hashed_share(model: nn.Module, config: HashedShare, targets: Targets, ctx: C
                              **_like(dense))
         return _fill(layer, dense, signed=True), {"size": size, "seed": config.seed + k}
 
-    return _run(model, config, targets, ctx, build)
+    return replace_linears(model, config, targets, ctx, build)
 
 
 @register_method(CirculantShare)
@@ -160,7 +160,7 @@ def circulant_share(model: nn.Module, config: CirculantShare, targets: Targets, 
                                 dense.bias is not None, **_like(dense))
         return _fill(layer, dense, signed=False), {"block": config.block, "product": config.product}
 
-    return _run(model, config, targets, ctx, build)
+    return replace_linears(model, config, targets, ctx, build)
 
 
 @register_method(ToeplitzShare)
@@ -172,7 +172,7 @@ def toeplitz_share(model: nn.Module, config: ToeplitzShare, targets: Targets, ct
                                dense.bias is not None, **_like(dense))
         return _fill(layer, dense, signed=False), {"block": config.block, "product": config.product}
 
-    return _run(model, config, targets, ctx, build)
+    return replace_linears(model, config, targets, ctx, build)
 
 
 # -- replay: rebuild the kept layers from the Record alone ------------------------------------------------
@@ -182,7 +182,7 @@ def _int(value: Any, where: str, low: int = 1) -> int:
     return value
 
 
-def _replay(model: nn.Module, record: Record, make: Callable[[dict[str, Any], int, int, bool, dict[str, Any]],
+def replay_linears(model: nn.Module, record: Record, make: Callable[[dict[str, Any], int, int, bool, dict[str, Any]],
                                                             nn.Module]) -> None:
     layers = record.data.get("layers")
     if not isinstance(layers, dict):
@@ -218,21 +218,21 @@ def replay_hashed(model: nn.Module, record: Record) -> None:
             raise ValueError(f"share.hashed: size {size} exceeds the layer's {n_in * n_out} weights")
         return HashedLinear(n_in, n_out, size, seed, bias, **like)
 
-    _replay(model, record, make)
+    replay_linears(model, record, make)
 
 
 @register_replay(CirculantShare)
 def replay_circulant(model: nn.Module, record: Record) -> None:
-    _replay(model, record, lambda spec, n_in, n_out, bias, like: CirculantLinear(
+    replay_linears(model, record, lambda spec, n_in, n_out, bias, like: CirculantLinear(
         n_in, n_out, _int(spec.get("block"), "share.circulant block", 2), _product(spec, "share.circulant"),
         bias, **like))
 
 
 @register_replay(ToeplitzShare)
 def replay_toeplitz(model: nn.Module, record: Record) -> None:
-    _replay(model, record, lambda spec, n_in, n_out, bias, like: ToeplitzLinear(
+    replay_linears(model, record, lambda spec, n_in, n_out, bias, like: ToeplitzLinear(
         n_in, n_out, _int(spec.get("block"), "share.toeplitz block", 2), _product(spec, "share.toeplitz"),
         bias, **like))
 
 
-__all__ = ["CirculantShare", "HashedShare", "ToeplitzShare"]
+__all__ = ["CirculantShare", "HashedShare", "ToeplitzShare", "replace_linears", "replay_linears"]
