@@ -1,14 +1,14 @@
-"""Tied-weight Linears: digits MLP accuracy (dense vs hashed / circulant / Toeplitz) and gate ratios at MiniLM shapes.
+"""Tied-weight and block-diagonal Linears: digits MLP accuracy and gate ratios at MiniLM shapes.
 
 Part 1 trains a 64-512-512-10 MLP on the digits train split (1347 images, fixed seed),
-then replaces its two hidden Linears with each structured kind (least-squares projection
+then replaces its two hidden Linears with each structured kind (and ``lowrank.block_diagonal``) (least-squares projection
 of the trained weights), reports test accuracy (450 images) right after the projection
 and after a short fine-tune with the training engine, the stored parameters, the
 ``slimkit.save`` file size and the restored model's accuracy (it must equal the live one).
 
 Part 2 is what ``gate: latency`` measures: paired, interleaved timing
 (:func:`slimkit.lowrank.gate.decide`) of each structured layer against the dense Linear
-at MiniLM's shapes (384x384, 384->1536, 1536->384) at 32x128 and 1x128 tokens, eager
+at MiniLM's shapes (384x384, 384->1536, 1536->384) at 32x128, 1x128 and 1x1 tokens, eager
 PyTorch and the ``torch.export`` program. Ratio = dense / structured time (> 1: the
 structured layer is faster). CPU, ``--threads`` threads (default 1), a few minutes::
 
@@ -33,6 +33,7 @@ from torch import nn
 import slimkit
 from slimkit.core import MethodConfig, Targets
 from slimkit.core.cpu import int8_isa
+from slimkit.lowrank.block_diagonal import BlockDiagonalLinear, BlockDiagonalLowrank
 from slimkit.lowrank.gate import decide, n_params
 from slimkit.share.structured import CirculantShare, HashedShare, ToeplitzShare
 from slimkit.share.structured_layers import CirculantLinear, HashedLinear, ToeplitzLinear
@@ -75,6 +76,7 @@ def digits_rows(steps: int) -> list[dict[str, Any]]:
         ("circulant block 64 (fft)", CirculantShare(block=64)),
         ("circulant block 16 (fft)", CirculantShare(block=16)),
         ("toeplitz block 64 (dense product)", ToeplitzShare(block=64)),
+        ("block-diagonal 4 blocks (lowrank.block_diagonal)", BlockDiagonalLowrank(blocks=4)),
     ]
     with tempfile.TemporaryDirectory() as tmp:
         slimkit.save(dense, Path(tmp) / "dense")
@@ -85,7 +87,7 @@ def digits_rows(steps: int) -> list[dict[str, Any]]:
             projected = accuracy(model, x_te, y_te)
             fit(model, batches, steps, 1e-3)
             acc = accuracy(model, x_te, y_te)
-            path = slimkit.save(model, Path(tmp) / name.replace(" ", "_").replace("/", "-"))
+            path = slimkit.save(model, Path(tmp) / f"row{len(rows)}")
             restored = slimkit.restore(path, model=mlp)
             rows.append({"name": name, "params": n_params(model), "acc_projected": projected, "acc": acc,
                          "acc_restored": accuracy(restored, x_te, y_te),
@@ -103,6 +105,7 @@ def candidates(n_in: int, n_out: int) -> list[tuple[str, nn.Module]]:
         ("toeplitz b64 dense", ToeplitzLinear(n_in, n_out, 64, "dense")),
         ("toeplitz b64 fft", ToeplitzLinear(n_in, n_out, 64, "fft")),
         ("hashed 1/8", HashedLinear(n_in, n_out, n_in * n_out // 8, seed=0)),
+        ("block-diagonal 4", BlockDiagonalLinear(n_in, n_out, 4)),
     ]
 
 
@@ -111,7 +114,7 @@ def gate_rows(rounds: int) -> list[dict[str, Any]]:
     gen = torch.Generator().manual_seed(0)
     for n_in, n_out in [(384, 384), (384, 1536), (1536, 384)]:
         dense = nn.Linear(n_in, n_out).eval()
-        for tokens in [(32, 128), (1, 128)]:
+        for tokens in [(32, 128), (1, 128), (1, 1)]:
             x = torch.randn(*tokens, n_in, generator=gen)
             for name, layer in candidates(n_in, n_out):
                 for runtime in ("eager", "pt2"):
