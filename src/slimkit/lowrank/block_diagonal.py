@@ -18,8 +18,8 @@ import torch
 from torch import nn
 
 from ..core import Context, MethodError, Record, Targets, method_config, register_method, register_replay
-from ..share.structured import replace_linears, replay_linears
 from .gate import GateOptions
+from .linear_swap import replace_linears, replay_linears
 
 
 class BlockDiagonalLinear(nn.Module):

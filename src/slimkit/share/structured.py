@@ -15,15 +15,14 @@ load strictly.
 """
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any, Literal
 
 import torch
 from torch import nn
 
 from ..core import Context, MethodError, Record, Targets, method_config, register_method, register_replay
-from ..core.modules import swap_module
-from ..lowrank.gate import GateOptions, capture_inputs, decide, n_params, summarize
+from ..lowrank.gate import GateOptions
+from ..lowrank.linear_swap import int_at, like, replace_linears, replay_linears
 from .structured_layers import CirculantLinear, HashedLinear, ToeplitzLinear
 from .tying import project
 
@@ -87,16 +86,6 @@ class ToeplitzShare(GateOptions):
         self._require(self.block >= 2, "block", "an int >= 2", self.block)
 
 
-Builder = Callable[[nn.Linear, int], tuple[nn.Module, dict[str, Any]]]
-
-
-def _linears(model: nn.Module, targets: Targets, kind: str) -> list[tuple[str, nn.Linear]]:
-    found = [(n, m) for n, m in targets.select(model) if type(m) is nn.Linear]
-    if not found:
-        raise MethodError(f"{kind}: the targets select no nn.Linear layer (it rewrites Linear weights only)")
-    return found
-
-
 def _check_runtime(config: GateOptions, product: str) -> None:
     """An FFT layer cannot be gated on ONNX Runtime: say so before any work is done."""
     if config.gate == "latency" and config.gate_runtime == "onnx" and product == "fft":
@@ -115,37 +104,13 @@ def _fill(layer: nn.Module, dense: nn.Linear, signed: bool) -> nn.Module:
     return layer
 
 
-def replace_linears(model: nn.Module, config: GateOptions, targets: Targets, ctx: Context, build: Builder) -> Record:
-    """Build, project, gate and swap every targeted Linear; the Record holds the kept layers' structure."""
-    layers = _linears(model, targets, config.kind)
-    inputs = capture_inputs(model, [n for n, _ in layers], ctx, config.kind) if config.gate == "latency" else {}
-    kept: dict[str, dict[str, Any]] = {}
-    decisions = []
-    before = n_params(model)
-    for k, (name, dense) in enumerate(layers):
-        candidate, structure = build(dense, k)
-        decision = decide(name, dense, candidate.train(dense.training), inputs.get(name), config)
-        decisions.append(decision)
-        if decision.kept == "factorized":
-            swap_module(model, name, candidate)
-            kept[name] = {"in": dense.in_features, "out": dense.out_features, "bias": dense.bias is not None,
-                          **structure}
-    summary = {"params_before": before, "params_after": n_params(model), **summarize(decisions)}
-    return Record(kind=config.kind, data={"layers": kept, "gate": [d.to_dict() for d in decisions]},
-                  summary=summary)
-
-
-def _like(dense: nn.Linear) -> dict[str, Any]:
-    return {"dtype": dense.weight.dtype, "device": dense.weight.device}
-
-
 @register_method(HashedShare)
 def hashed_share(model: nn.Module, config: HashedShare, targets: Targets, ctx: Context) -> Record:
     def build(dense: nn.Linear, k: int) -> tuple[nn.Module, dict[str, Any]]:
         total = dense.in_features * dense.out_features
         size = min(total, config.size if config.size is not None else max(1, round(config.ratio * total)))
         layer = HashedLinear(dense.in_features, dense.out_features, size, config.seed + k, dense.bias is not None,
-                             **_like(dense))
+                             **like(dense))
         return _fill(layer, dense, signed=True), {"size": size, "seed": config.seed + k}
 
     return replace_linears(model, config, targets, ctx, build)
@@ -157,7 +122,7 @@ def circulant_share(model: nn.Module, config: CirculantShare, targets: Targets, 
 
     def build(dense: nn.Linear, k: int) -> tuple[nn.Module, dict[str, Any]]:
         layer = CirculantLinear(dense.in_features, dense.out_features, config.block, config.product,
-                                dense.bias is not None, **_like(dense))
+                                dense.bias is not None, **like(dense))
         return _fill(layer, dense, signed=False), {"block": config.block, "product": config.product}
 
     return replace_linears(model, config, targets, ctx, build)
@@ -169,38 +134,13 @@ def toeplitz_share(model: nn.Module, config: ToeplitzShare, targets: Targets, ct
 
     def build(dense: nn.Linear, k: int) -> tuple[nn.Module, dict[str, Any]]:
         layer = ToeplitzLinear(dense.in_features, dense.out_features, config.block, config.product,
-                               dense.bias is not None, **_like(dense))
+                               dense.bias is not None, **like(dense))
         return _fill(layer, dense, signed=False), {"block": config.block, "product": config.product}
 
     return replace_linears(model, config, targets, ctx, build)
 
 
 # -- replay: rebuild the kept layers from the Record alone ------------------------------------------------
-def _int(value: Any, where: str, low: int = 1) -> int:
-    if type(value) is not int or value < low:
-        raise ValueError(f"{where}: expected an int >= {low}, got {value!r}")
-    return value
-
-
-def replay_linears(model: nn.Module, record: Record, make: Callable[[dict[str, Any], int, int, bool, dict[str, Any]],
-                                                            nn.Module]) -> None:
-    layers = record.data.get("layers")
-    if not isinstance(layers, dict):
-        raise ValueError(f"{record.kind}: record data needs a 'layers' mapping")
-    for name, spec in layers.items():
-        where = f"{record.kind} layer {name!r}"
-        if not isinstance(spec, dict):
-            raise ValueError(f"{where}: expected a mapping, got {spec!r}")
-        dense = model.get_submodule(name)
-        n_in, n_out = _int(spec.get("in"), f"{where} in"), _int(spec.get("out"), f"{where} out")
-        if not isinstance(dense, nn.Linear) or (dense.in_features, dense.out_features) != (n_in, n_out):
-            raise ValueError(f"{where}: the model has {type(dense).__name__} there, not a Linear {n_in} -> {n_out}")
-        bias = spec.get("bias")
-        if not isinstance(bias, bool):
-            raise ValueError(f"{where}: 'bias' must be true or false")
-        swap_module(model, name, make(spec, n_in, n_out, bias, _like(dense)))
-
-
 def _product(spec: dict[str, Any], where: str) -> Any:
     if spec.get("product") not in ("fft", "dense"):
         raise ValueError(f"{where}: 'product' must be fft or dense, got {spec.get('product')!r}")
@@ -213,7 +153,7 @@ def replay_hashed(model: nn.Module, record: Record) -> None:
         seed = spec.get("seed")
         if type(seed) is not int:
             raise ValueError(f"share.hashed: 'seed' must be an int, got {seed!r}")
-        size = _int(spec.get("size"), "share.hashed size")
+        size = int_at(spec.get("size"), "share.hashed size")
         if size > n_in * n_out:
             raise ValueError(f"share.hashed: size {size} exceeds the layer's {n_in * n_out} weights")
         return HashedLinear(n_in, n_out, size, seed, bias, **like)
@@ -224,15 +164,15 @@ def replay_hashed(model: nn.Module, record: Record) -> None:
 @register_replay(CirculantShare)
 def replay_circulant(model: nn.Module, record: Record) -> None:
     replay_linears(model, record, lambda spec, n_in, n_out, bias, like: CirculantLinear(
-        n_in, n_out, _int(spec.get("block"), "share.circulant block", 2), _product(spec, "share.circulant"),
+        n_in, n_out, int_at(spec.get("block"), "share.circulant block", 2), _product(spec, "share.circulant"),
         bias, **like))
 
 
 @register_replay(ToeplitzShare)
 def replay_toeplitz(model: nn.Module, record: Record) -> None:
     replay_linears(model, record, lambda spec, n_in, n_out, bias, like: ToeplitzLinear(
-        n_in, n_out, _int(spec.get("block"), "share.toeplitz block", 2), _product(spec, "share.toeplitz"),
+        n_in, n_out, int_at(spec.get("block"), "share.toeplitz block", 2), _product(spec, "share.toeplitz"),
         bias, **like))
 
 
-__all__ = ["CirculantShare", "HashedShare", "ToeplitzShare", "replace_linears", "replay_linears"]
+__all__ = ["CirculantShare", "HashedShare", "ToeplitzShare"]

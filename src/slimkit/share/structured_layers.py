@@ -86,8 +86,7 @@ def block_circulant_product(x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
     product is one real bmm over the ``L // 2 + 1`` frequencies (4 real MACs per complex MAC).
     """
     lead = x.shape[:-2]
-    p, q, n = c.shape
-    f = n // 2 + 1
+    p, q, n = c.shape  # f = n // 2 + 1 frequencies below
     xs = torch.view_as_real(torch.fft.rfft(x.reshape(-1, q, n)))  # [N, q, f, 2]
     cs = torch.view_as_real(torch.fft.rfft(c))  # [p, q, f, 2]
     xs = torch.cat([xs[..., 0], xs[..., 1]], dim=1).permute(2, 0, 1)  # [f, N, 2q]: [Xr | Xi]
