@@ -181,3 +181,17 @@ def test_tampered_record_is_an_artifact_error(tmp_path: Path) -> None:
     (tmp_path / "m" / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(ArtifactError, match="block"):
         slimkit.restore(tmp_path / "m", model=mlp)
+
+
+@pytest.mark.parametrize("min_ratio,kept", [(1e-6, "factorized"), (1e6, "dense")])
+def test_latency_gate_records_measured_ratios_and_follows_the_threshold(min_ratio: float, kept: str) -> None:
+    """The gate times both layers and keeps by ``gate_min_ratio`` (thresholds no timing can cross)."""
+    config = CirculantShare(block=8, gate="latency", gate_runtime="pt2", gate_min_ratio=min_ratio, gate_rounds=1,
+                            gate_iters=1)
+    out = slimkit.apply(mlp(), config, ctx=Context(example_inputs=torch.randn(4, 24)))
+    rec = slimkit.records(out)[0]
+    assert [d["kept"] for d in rec.data["gate"]] == [kept, kept]
+    for d in rec.data["gate"]:
+        assert d["runtime"] == "pt2" and d["ratio"] > 0 and d["dense_ms"] > 0 and d["factorized_ms"] > 0
+    assert set(rec.data["layers"]) == ({"0", "2"} if kept == "factorized" else set())
+    assert rec.summary["layers_declined"] == (2 if kept == "dense" else 0)
