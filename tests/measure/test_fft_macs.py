@@ -77,3 +77,13 @@ def test_materialized_layers_count_the_dense_gemm_and_store_few_bytes() -> None:
     assert prof.macs == 7 * 64 * 32  # the gather is 0 MACs, F.linear is dense
     assert prof.params_total == 100 + 32
     assert prof.bytes_on_disk == (100 + 32) * 4  # the index map is rebuilt from the seed, never stored
+
+
+def test_circulant_memory_access_reads_the_small_weight_once() -> None:
+    layer = CirculantLinear(96, 64, 32).eval()
+    x = torch.randn(5, 96)
+    prof = profile(layer, x)
+    assert prof.weight_read_bytes == (layer.weight.numel() + 64) * 4  # first columns (one rfft) + bias
+    assert prof.activation_read_bytes > x.numel() * 4  # the input, then every intermediate spectrum
+    assert prof.activation_write_bytes >= 5 * 64 * 4
+    assert prof.mac_cost_bytes == prof.weight_read_bytes + prof.activation_read_bytes + prof.activation_write_bytes

@@ -21,7 +21,8 @@ Conventions (the same as fvcore / ptflops for the ops both cover):
 - Zeros inside weights are still counted (dense MACs): a dense kernel does that work.
 - MACs are *real* multiply-adds. A complex matrix product (complex ``mm``/``bmm``) counts
   4 real MACs per complex multiply-add.
-- FFTs (``aten::_fft_c2c``, ``_fft_r2c``, ``_fft_c2r``): a complex transform of length
+- FFTs (``aten::_fft_c2c``, ``_fft_r2c``, ``_fft_c2r``; memory access: the default, input read
+  and output written): a complex transform of length
   ``n`` counts ``(n/2) * log2(n)`` complex multiply-adds (the radix-2 butterfly count),
   i.e. ``2 * n * log2(n)`` real MACs, per transformed row (every other element of the
   batch); a real-input (r2c) or real-output (c2r) transform of real length ``n`` counts
