@@ -195,3 +195,19 @@ def test_latency_gate_records_measured_ratios_and_follows_the_threshold(min_rati
         assert d["runtime"] == "pt2" and d["ratio"] > 0 and d["dense_ms"] > 0 and d["factorized_ms"] > 0
     assert set(rec.data["layers"]) == ({"0", "2"} if kept == "factorized" else set())
     assert rec.summary["layers_declined"] == (2 if kept == "dense" else 0)
+
+
+@pytest.mark.slow
+def test_fft_layers_convert_with_the_dynamo_onnx_exporter(tmp_path: Path) -> None:
+    """What the MethodError recommends works: torch.onnx.export(dynamo=True) writes ONNX DFT ops."""
+    import onnxruntime
+
+    layer = _random(CirculantLinear(40, 24, 8, "fft"))
+    x = torch.randn(3, 40, generator=torch.Generator().manual_seed(5))
+    program = torch.onnx.export(layer, (x,), dynamo=True, opset_version=18, verbose=False)
+    assert program is not None
+    program.save(str(tmp_path / "c.onnx"))
+    session = onnxruntime.InferenceSession(str(tmp_path / "c.onnx"))
+    (got,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+    with torch.no_grad():
+        torch.testing.assert_close(torch.from_numpy(got), layer(x), rtol=1e-4, atol=1e-4)

@@ -10,7 +10,7 @@ structure alone (a non-persistent buffer: restore recomputes it from the Record)
 - :class:`CirculantLinear` (block-circulant, Cheng et al. 2015 / CirCNN) multiplies with
   ``product="fft"``: rfft of the input blocks, a spectral product, irfft: ``O(n log n)``
   per block instead of ``O(n^2)``. The complex spectral product is written as one *real*
-  batched matmul over frequencies (``[Xr, Xi] @ [[Cr, Ci], [-Ci, Cr]]``): it counts as
+  batched matmul over frequencies (``[Xr Xi] @ [[Cr Ci], [-Ci Cr]]``): it counts as
   ordinary MACs, and ``torch.export`` / ``torch.onnx.export(dynamo=True)`` trace it
   (complex tensors only appear inside the FFT ops).
 - :class:`ToeplitzLinear` (block-Toeplitz, ``2b - 1`` parameters per ``b x b`` block):
@@ -83,18 +83,26 @@ def block_circulant_product(x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
     """``y[..., i, :] = sum_j circ(c[i, j]) @ x[..., j, :]`` by FFT.
 
     ``x [..., q, L]`` input blocks, ``c [p, q, L]`` first columns -> ``[..., p, L]``. The spectral
-    product is one real bmm over the ``L // 2 + 1`` frequencies (4 real MACs per complex MAC).
+    product is one real bmm over the ``f = L // 2 + 1`` frequencies (4 real MACs per complex
+    MAC). Layout matters more than MACs here: the input is transformed along a leading
+    frequency axis so the bmm operands need no copy (a permuted bmm operand is copied once per
+    frequency), and real / imaginary parts stay interleaved so the bmm output *is* the complex
+    spectrum; the only full-size copy is the one that puts the spectrum back in row order for
+    a contiguous inverse transform.
     """
     lead = x.shape[:-2]
-    p, q, n = c.shape  # f = n // 2 + 1 frequencies below
-    xs = torch.view_as_real(torch.fft.rfft(x.reshape(-1, q, n)))  # [N, q, f, 2]
-    cs = torch.view_as_real(torch.fft.rfft(c))  # [p, q, f, 2]
-    xs = torch.cat([xs[..., 0], xs[..., 1]], dim=1).permute(2, 0, 1)  # [f, N, 2q]: [Xr | Xi]
+    p, q, n = c.shape
+    xb = x.reshape(-1, q, n)  # [N, q, L]
+    rows = xb.shape[0]
+    xs = torch.view_as_real(torch.fft.rfft(xb.permute(2, 0, 1), dim=0))  # [f, N, q, 2]
+    f = xs.shape[0]
+    cs = torch.view_as_real(torch.fft.rfft(c, dim=-1))  # [p, q, f, 2]
     cr, ci = cs[..., 0].permute(2, 1, 0), cs[..., 1].permute(2, 1, 0)  # [f, q, p]
-    cm = torch.cat([torch.cat([cr, ci], dim=2), torch.cat([-ci, cr], dim=2)], dim=1)  # [f, 2q, 2p]
-    ys = torch.bmm(xs, cm)  # [f, N, 2p]: [Yr | Yi]
-    ys = torch.stack([ys[..., :p], ys[..., p:]], dim=-1).permute(1, 2, 0, 3)  # [N, p, f, 2]
-    y = torch.fft.irfft(torch.view_as_complex(ys.contiguous()), n=n)  # [N, p, L]
+    # rows (j, re | im) x columns (i, re | im): yr = xr cr - xi ci, yi = xr ci + xi cr
+    cm = torch.stack([torch.stack([cr, ci], -1), torch.stack([-ci, cr], -1)], dim=2)  # [f, q, 2, p, 2]
+    ys = torch.bmm(xs.reshape(f, rows, 2 * q), cm.reshape(f, 2 * q, 2 * p))  # [f, N, 2p]
+    spectrum = torch.view_as_complex(ys.reshape(f, rows, p, 2)).permute(1, 2, 0)  # [N, p, f]
+    y = torch.fft.irfft(spectrum.contiguous(), n=n, dim=-1)  # [N, p, L]
     return y.reshape(*lead, p, n)
 
 
