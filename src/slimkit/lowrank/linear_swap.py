@@ -52,6 +52,7 @@ def like(dense: nn.Linear) -> dict[str, Any]:
 
 
 def int_at(value: Any, where: str, low: int = 1) -> int:
+    """``value`` from a Record when it is an int ``>= low``; anything else raises ``ValueError`` naming ``where``."""
     if type(value) is not int or value < low:
         raise ValueError(f"{where}: expected an int >= {low}, got {value!r}")
     return value
@@ -59,6 +60,11 @@ def int_at(value: Any, where: str, low: int = 1) -> int:
 
 def replay_linears(model: nn.Module, record: Record, make: Callable[[dict[str, Any], int, int, bool, dict[str, Any]],
                                                             nn.Module]) -> None:
+    """Swap every layer ``record.data["layers"]`` names for ``make(spec, in, out, bias, like)``.
+
+    Each recorded layer must be a dense ``nn.Linear`` of the recorded shape in ``model``; any
+    mismatch or malformed entry raises ``ValueError`` (``restore`` reports it as an ArtifactError).
+    """
     layers = record.data.get("layers")
     if not isinstance(layers, dict):
         raise ValueError(f"{record.kind}: record data needs a 'layers' mapping")
@@ -74,7 +80,6 @@ def replay_linears(model: nn.Module, record: Record, make: Callable[[dict[str, A
         if not isinstance(bias, bool):
             raise ValueError(f"{where}: 'bias' must be true or false")
         swap_module(model, name, make(spec, n_in, n_out, bias, like(dense)))
-
 
 
 __all__ = ["int_at", "like", "replace_linears", "replay_linears"]
