@@ -74,7 +74,7 @@ def test_generic_tables_render_with_their_label(gen, monkeypatch, tmp_path):
 
     doc = {"title": "Low-rank on X", "command": "python benchmarks/x.py", "date": "2026-12-02",
            "int8_isa": {"name": "avx2", "cpu_model": "AMD EPYC 7B12", "source": "cpu"},
-           "tables": [{"caption": "ranks", "columns": ["layer", "rank", "ratio"], "rows": [["fc1", 16, 1.2345]]}],
+           "tables": [{"caption": "ranks", "columns": ["layer", "rank", "ratio"], "rows": [["fc1", 16, 1.2346]]}],
            "notes": ["one seed"]}
     (tmp_path / "lowrank_minilm.json").write_text(json.dumps(doc))
     monkeypatch.setattr(gen, "RESULTS", tmp_path)
