@@ -72,7 +72,9 @@ def test_tucker_handler_record_and_skips() -> None:
     assert "not fewer" in rec.data["skipped"]["0"]  # 3 -> 16 at rank 12: 12*3*9 + 16*12 weights > 16*3*9
     assert [d["layer"] for d in rec.data["gate"]] == ["2", "8"]
     assert all(d["kept"] == "factorized" and d["gate"] == "none" for d in rec.data["gate"])
-    assert rec.summary == {"layers_factorized": 2, "layers_declined": 0, "layers_skipped": 3}
+    params = (sum(p.numel() for p in model.parameters()), sum(p.numel() for p in out.parameters()))
+    assert rec.summary == {"params_before": params[0], "params_after": params[1], "layers_factorized": 2,
+                           "layers_declined": 0, "layers_skipped": 3}
     assert isinstance(out[2], nn.Sequential) and [m.kernel_size for m in out[2]] == [(1, 1), (3, 3), (1, 1)]
     assert out[2][1].stride == (2, 2) and out[8][1].dilation == (2, 2) and out[8][-1].bias is None
     assert sum(p.numel() for p in out.parameters()) < sum(p.numel() for p in model.parameters())
@@ -135,6 +137,13 @@ def test_restore_refuses_a_tampered_rank(tmp_path: Path) -> None:
     (tmp_path / "m" / "manifest.json").write_text(json.dumps(man))
     with pytest.raises(slimkit.core.ArtifactError, match="ranks"):
         slimkit.restore(tmp_path / "m", model=small_cnn)
+    out = slimkit.apply(small_cnn(), CpLowrank(rank=4, iters=5), Targets(include=("2",)), Context())
+    slimkit.save(out, tmp_path / "c")
+    man = json.loads((tmp_path / "c" / "manifest.json").read_text())
+    man["records"][0]["data"]["layers"]["2"]["rank"] = 10**6  # would allocate a huge chain
+    (tmp_path / "c" / "manifest.json").write_text(json.dumps(man))
+    with pytest.raises(slimkit.core.ArtifactError, match="does not shrink"):
+        slimkit.restore(tmp_path / "c", model=small_cnn)
 
 
 def test_errors() -> None:

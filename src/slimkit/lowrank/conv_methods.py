@@ -22,7 +22,7 @@ from torch import nn
 from ..core import Context, MethodError, Record, Targets, method_config, register_method, register_replay
 from ..core.modules import swap_module
 from . import conv_math as cm
-from .gate import GateOptions, capture_inputs, decide, summarize
+from .gate import GateOptions, capture_inputs, decide, n_params, summarize
 
 
 @method_config
@@ -244,6 +244,7 @@ def factorize_convs(model: nn.Module, config: _RankOptions, targets: Targets, ct
         raise MethodError(f"{config.kind}: the targets select no Conv2d")
     inputs = capture_inputs(model, [n for n, _ in candidates], ctx, config.kind) \
         if config.gate == "latency" and candidates else {}
+    before = n_params(model)
     layers: dict[str, dict[str, Any]] = {}
     declined: dict[str, dict[str, Any]] = {}  # what the gate turned down (for reports; replay ignores it)
     decisions = []
@@ -254,6 +255,7 @@ def factorize_convs(model: nn.Module, config: _RankOptions, targets: Targets, ct
             skipped[name] = f"factors would hold {n_factor} weights, not fewer than the kernel's {_params(conv)}"
             continue
         seq, err = build(conv, p)
+        seq.train(conv.training)
         d = decide(name, conv, seq, inputs.get(name), config)
         decisions.append(d)
         if d.kept == "factorized":
@@ -263,7 +265,8 @@ def factorize_convs(model: nn.Module, config: _RankOptions, targets: Targets, ct
             declined[name] = {**p, "error": round(err, 6)}
     return Record(kind="", data={"rank_by": config.rank_by(), "layers": layers, "declined": declined,
                                  "skipped": skipped, "gate": [d.to_dict() for d in decisions]},
-                  summary={**summarize(decisions), "layers_skipped": len(skipped)})
+                  summary={"params_before": before, "params_after": n_params(model), **summarize(decisions),
+                           "layers_skipped": len(skipped)})
 
 
 @register_method(TuckerLowrank)
@@ -311,7 +314,11 @@ def replay_cp(model: nn.Module, record: Record) -> None:
     """Swap in empty CP chains of the recorded ranks (weights load afterwards)."""
     for name, meta in record.data["layers"].items():
         conv = _recorded_conv(model, name, record.kind)
-        swap_module(model, name, cp_chain(conv, _int(meta["rank"], f"{record.kind} replay: {name!r} rank")))
+        rank = _int(meta["rank"], f"{record.kind} replay: {name!r} rank")
+        c_out, c_in, kh, kw = conv.weight.shape
+        if not 1 <= rank * (c_in + kh + kw + c_out) < conv.weight.numel():  # the handler never records more
+            raise MethodError(f"{record.kind} replay: {name!r} rank {rank} does not shrink the layer")
+        swap_module(model, name, cp_chain(conv, rank))
 
 
 __all__ = ["CpLowrank", "TuckerLowrank", "cp_chain", "factorize_convs", "mode_ranks", "tucker_chain", "unsupported"]
