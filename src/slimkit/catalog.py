@@ -12,6 +12,8 @@ from .export import (
     openvino,  # noqa: F401
     pt2e,  # noqa: F401
 )
+from .lowrank import block_diagonal as _lowrank_block_diagonal  # noqa: F401
+from .lowrank import conv_methods as _lowrank_conv_methods  # noqa: F401
 from .lowrank import svd_method as _lowrank_svd  # noqa: F401
 from .prune import (
     gradual,  # noqa: F401
@@ -34,6 +36,7 @@ from .quantize import (
     smoothquant,  # noqa: F401
     weight_only,  # noqa: F401
 )
+from .share import structured as _share_structured  # noqa: F401
 from .train import (
     reconstruct,  # noqa: F401
     recovery,  # noqa: F401
