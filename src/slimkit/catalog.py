@@ -12,6 +12,7 @@ from .export import (
     openvino,  # noqa: F401
     pt2e,  # noqa: F401
 )
+from .lowrank import tt  # noqa: F401
 from .prune import (
     gradual,  # noqa: F401
     layers,  # noqa: F401
@@ -33,6 +34,7 @@ from .quantize import (
     smoothquant,  # noqa: F401
     weight_only,  # noqa: F401
 )
+from .share import factorized_embedding  # noqa: F401
 from .train import (
     reconstruct,  # noqa: F401
     recovery,  # noqa: F401
