@@ -240,6 +240,8 @@ VARIANTS: dict[str, tuple[str, str, dict[str, Any], dict[str, Any]]] = {
     "tt-linear-ranks-factors-gate-params": ("lowrank.tt", "digits_cnn", {
         "d": 2, "ranks": [3], "factors": [[16, 16], [8, 4]], "gate": "params", "gate_min_ratio": 2.0},
         {"include": ["8", "10"]}),
+    "factorized-embedding-frequency": ("share.factorized_embedding", "tiny_bert", {
+        "dim": 8, "init": "frequency", "data": "calib", "batches": 2}, {"include": ["*word_embeddings"]}),
     "channel-input-norm": ("prune.channel", "digits_cnn", {"ratio": 0.5, "importance": "input_norm",
                                                             "calib_batches": 2}, CNN_WEIGHTS),
 }

@@ -204,3 +204,18 @@ def test_tampered_record_is_an_artifact_error(tmp_path: Path) -> None:
     (folder / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(ArtifactError, match="do not cover"):
         slimkit.restore(folder, model=lambda: Tagger(1))
+
+
+def test_gate_latency_times_each_layer_and_the_model_follows_its_verdict() -> None:
+    ids = _ids()
+    cfg = TtLowrank(d=2, max_rank=3, gate="latency", gate_rounds=2, gate_iters=2)
+    out = slimkit.apply(Tagger(0), cfg, Targets(include=("emb", "fc")), Context(example_inputs=ids))
+    rec = slimkit.records(out)[0]
+    for d in rec.data["gate"]:
+        assert d["gate"] == "latency" and d["dense_ms"] > 0 and d["factorized_ms"] > 0
+        assert d["ratio"] == pytest.approx(d["dense_ms"] / d["factorized_ms"], rel=0.05)
+        module = out.get_submodule(d["layer"])
+        assert isinstance(module, (TtEmbedding, TtLinear)) == (d["kept"] == "factorized")
+        assert (d["layer"] in rec.data["layers"]) == (d["kept"] == "factorized")
+    with pytest.raises(MethodError, match="example_inputs"):
+        slimkit.apply(Tagger(0), cfg, Targets(include=("fc",)), Context())

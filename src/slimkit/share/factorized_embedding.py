@@ -13,26 +13,33 @@ MACs per token). ``gate: params`` / ``gate: latency`` decide per table as in
 """
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Iterable, Sequence
+from typing import Any, Literal
 
 import torch
 from torch import nn
 
 from ..core import Context, MethodError, Record, Targets, method_config, register_method, register_replay
+from ..core.context import call_model, forward_batches
 from ..core.modules import swap_module
 from ..lowrank.gate import GateOptions, capture_inputs, decide, n_params, summarize
 
 
-def truncated_svd_factors(weight: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(A [V, rank], B [rank, H])`` with ``A @ B`` the best rank-``rank`` approximation of ``weight [V, H]``.
+def svd_factors(weight: torch.Tensor, rank: int,
+                row_weights: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(A [V, rank], B [rank, H])`` minimising ``sum_i w_i ||W_i - A_i B||^2`` for ``weight [V, H]``.
 
-    The singular values are split evenly (``sqrt(S)`` on each side) so both factors have the
-    same scale; a zero row of ``weight`` stays a zero row of ``A``. Computed in float64.
+    ``B`` is the top-``rank`` right singular vectors of ``diag(sqrt(w)) W`` (orthonormal
+    rows) and ``A = W B^T`` projects every row onto them; that is the exact optimum of the
+    row-weighted problem. Uniform weights (``None``) give the truncated SVD, the best
+    rank-``rank`` approximation (Eckart-Young); token-frequency weights spend the rank on
+    the rows a corpus actually looks up. A zero row of ``W`` stays zero. Computed in float64.
     """
-    u, s, vh = torch.linalg.svd(weight.detach().to(torch.float64), full_matrices=False)  # [V, k], [k], [k, H]
-    root = s[:rank].sqrt()
-    a = u[:, :rank] * root  # [V, rank]
-    b = root[:, None] * vh[:rank]  # [rank, H]
+    w = weight.detach().to(torch.float64)  # [V, H]
+    scaled = w if row_weights is None else w * row_weights.detach().to(torch.float64).clamp_min(0).sqrt()[:, None]
+    _, _, vh = torch.linalg.svd(scaled, full_matrices=False)  # vh [k, H]
+    b = vh[:rank]  # [rank, H]
+    a = w @ b.t()  # [V, rank]
     return a.to(weight.dtype), b.to(weight.dtype)
 
 
@@ -59,10 +66,11 @@ class FactorizedEmbedding(nn.Module):
         self.project = nn.Linear(e, h, bias=False)  # weight [H, E]
 
     @classmethod
-    def from_embedding(cls, emb: nn.Embedding, dim: int) -> FactorizedEmbedding:
-        """Factors of ``emb.weight [V, H]`` at rank ``dim`` (truncated SVD)."""
+    def from_embedding(cls, emb: nn.Embedding, dim: int,
+                       row_weights: torch.Tensor | None = None) -> FactorizedEmbedding:
+        """Factors of ``emb.weight [V, H]`` at rank ``dim`` (:func:`svd_factors`, optionally row-weighted)."""
         w = emb.weight.detach()
-        a, b = truncated_svd_factors(w, dim)  # [V, E], [E, H]
+        a, b = svd_factors(w, dim, row_weights)  # [V, E], [E, H]
         layer = cls({"num_embeddings": emb.num_embeddings, "embedding_dim": emb.embedding_dim, "dim": dim,
                      "padding_idx": emb.padding_idx})
         with torch.no_grad():
@@ -85,19 +93,80 @@ class FactorizedEmbedding(nn.Module):
 class FactorizedEmbeddingShare(GateOptions):
     """ALBERT factorized embedding: a V x E table and a shared E x H projection, from the table's truncated SVD.
 
-    ``dim`` is E (it must be below the table's width H). Targets: ``nn.Embedding`` tables
-    (by default every one; name them, e.g. ``*word_embeddings``, to leave small position
-    tables alone).
+    ``dim`` is E (it must be below the table's width H). ``init: svd`` is the truncated
+    SVD; ``init: frequency`` weights each row by how often the table looks it up on the
+    context's data (``data``: unlabelled or calibration batches, at most ``batches`` of
+    them; counts + ``smoothing``), so the rank goes to the tokens the task uses. Targets:
+    ``nn.Embedding`` tables (by default every one; name them, e.g. ``*word_embeddings``).
     """
 
     kind = "share.factorized_embedding"
     stage = "shrink"
 
     dim: int = 128
+    init: Literal["svd", "frequency"] = "svd"
+    data: Literal["auto", "unlabeled", "calib"] = "auto"
+    batches: int | None = None
+    smoothing: float = 1.0
 
     def validate(self) -> None:
         super().validate()
         self._require(self.dim >= 1, "dim", "an int >= 1", self.dim)
+        self._require(self.batches is None or self.batches >= 1, "batches", "an int >= 1 or null", self.batches)
+        self._require(self.smoothing > 0, "smoothing", "a float > 0", self.smoothing)
+
+
+class _Seen(Exception):
+    """Raised by the counting hooks once every table has seen the batch: the rest of the forward is skipped."""
+
+
+def token_counts(model: nn.Module, names: Sequence[str], batches: Iterable[Any],
+                 limit: int | None = None) -> dict[str, torch.Tensor]:
+    """How often each row of each named embedding is looked up over ``batches`` (``[V]`` float64 each).
+
+    The ids are those the tables really receive (forward pre-hooks), and each forward stops
+    as soon as every table has seen its batch, so counting a corpus costs its tokenisation
+    and the embedding layers, not the whole model.
+    """
+    tables = {n: model.get_submodule(n) for n in names}
+    counts = {n: torch.zeros(t.num_embeddings, dtype=torch.float64) for n, t in tables.items()}  # type: ignore[arg-type]
+    pending: set[str] = set()
+    hooks = []
+    for name, table in tables.items():
+        def hook(_m: nn.Module, args: tuple[Any, ...], *, _name: str = name) -> None:
+            ids = args[0].detach().reshape(-1).cpu()
+            counts[_name] += torch.bincount(ids, minlength=counts[_name].numel()).to(torch.float64)
+            pending.discard(_name)
+            if not pending:
+                raise _Seen
+
+        hooks.append(table.register_forward_pre_hook(hook))
+
+    def run(m: nn.Module, batch: Any) -> None:
+        pending.update(tables)
+        try:
+            call_model(m, batch)
+        except _Seen:
+            pass
+
+    def limited() -> Iterable[Any]:
+        for i, batch in enumerate(batches):
+            if limit is not None and i >= limit:
+                return
+            yield batch
+
+    forward_batches(model, limited(), hooks, run=run)
+    return counts
+
+
+def _count_data(config: FactorizedEmbeddingShare, ctx: Context) -> Iterable[Any]:
+    order = {"auto": ("unlabeled_data", "calib_data"), "unlabeled": ("unlabeled_data",),
+             "calib": ("calib_data",)}[config.data]
+    for attr in order:
+        if getattr(ctx, attr) is not None:
+            return getattr(ctx, attr)  # type: ignore[no-any-return]
+    names = " or ".join(f"Context.{a}" for a in order)
+    raise MethodError(f"{config.kind} with init: frequency (data: {config.data}) needs {names} to count tokens")
 
 
 def embedding_targets(model: nn.Module, targets: Targets, kind: str) -> list[tuple[str, nn.Embedding]]:
@@ -126,11 +195,15 @@ def factorize_embeddings(model: nn.Module, config: FactorizedEmbeddingShare, tar
             raise MethodError(f"{config.kind}: dim {config.dim} must be below {name}'s width {emb.embedding_dim} "
                               "(E < H, or nothing is saved)")
     inputs = capture_inputs(model, [n for n, _ in found], ctx, config.kind) if config.gate == "latency" else {}
+    counts: dict[str, torch.Tensor] = {}
+    if config.init == "frequency":
+        counts = token_counts(model, [n for n, _ in found], _count_data(config, ctx), config.batches)
     layers: dict[str, dict[str, Any]] = {}
     decisions = []
     before = after = 0
     for name, emb in found:
-        candidate = FactorizedEmbedding.from_embedding(emb, config.dim)
+        weights = counts[name] + config.smoothing if name in counts else None
+        candidate = FactorizedEmbedding.from_embedding(emb, config.dim, weights)
         decision = decide(name, emb, candidate, inputs.get(name), config)
         decisions.append(decision)
         before += n_params(emb)
@@ -142,6 +215,8 @@ def factorize_embeddings(model: nn.Module, config: FactorizedEmbeddingShare, tar
             after += n_params(emb)
     summary = {**summarize(decisions), "params_before": before, "params_after": after,
                "compression": round(before / max(after, 1), 4)}
+    if counts:  # rows the counted data looked up, per table
+        summary["rows_seen"] = {n: int((c > 0).sum()) for n, c in counts.items()}
     return Record(kind="", data={"layers": layers, "gate": [d.to_dict() for d in decisions]}, summary=summary)
 
 
@@ -165,4 +240,4 @@ def replay_factorized(model: nn.Module, record: Record) -> None:
         swap_module(model, name, new.to(dtype=current.weight.dtype))
 
 
-__all__ = ["FactorizedEmbedding", "FactorizedEmbeddingShare", "truncated_svd_factors"]
+__all__ = ["FactorizedEmbedding", "FactorizedEmbeddingShare", "svd_factors", "token_counts"]
