@@ -7,8 +7,10 @@ Each targeted ``nn.Linear`` / ``nn.Embedding`` becomes a :class:`~.tt_layers.TtL
 by ``factors``; the internal TT ranks are ``ranks`` (one list for every layer) or
 ``max_rank`` each, capped at what the matrix allows.
 
-Where it pays: a big embedding table (MiniLM's 30522 x 384 words are a third of the
-model) shrinks ~10x at TT ranks near 64, and only looked-up rows are rebuilt. A TT-Linear
+Where it pays: a big embedding table (MiniLM's 30522 x 384 words are half its
+parameters) shrinks ~10x at TT ranks near 64, and only looked-up rows are rebuilt; but a
+*trained* table is fitted worse by TT-SVD than by a truncated SVD of the same size (see
+docs/lowrank.md), so ``share.factorized_embedding`` is the better start there. A TT-Linear
 of a transformer's size is rarely faster than the dense matmul on CPU (several small
 contractions instead of one GEMM); ``gate: latency`` measures that per layer and keeps
 the dense layer where it loses, ``gate: params`` keeps only the factorizations that shrink
@@ -35,7 +37,7 @@ class TtLowrank(GateOptions):
     else ``max_rank`` for each. ``factors`` fixes the split ``[[v_1..v_d], [h_1..h_d]]``
     (rows: input features or vocabulary, columns: output features or embedding dim; their
     products must cover the layer); by default each dimension is factored evenly,
-    padding it when it does not factor (e.g. 30522 -> 34 x 30 x 30). Targets: exact
+    padding it when it does not factor (e.g. 30522 -> 37 x 33 x 25 = 30525). Targets: exact
     ``nn.Linear`` and ``nn.Embedding`` modules.
     """
 

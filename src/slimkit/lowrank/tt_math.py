@@ -68,7 +68,7 @@ def factorize(n: int, d: int, *, slack: float = 1.5) -> tuple[int, ...]:
     """``d`` factors whose product is the smallest ``m >= n`` that factors evenly.
 
     "Evenly": the largest factor is at most ``slack`` times the d-th root of ``n``, so
-    ``30522`` (= 2 * 3 * 5087) becomes ``34 x 30 x 30`` (= 30600, 78 padded rows) rather than
+    ``30522`` (= 2 * 3 * 5087) becomes ``37 x 33 x 25`` (= 30525, 3 padded rows) rather than
     a core with 5087 rows. Always terminates: ``ceil(root) ** d >= n`` factors evenly.
     """
     bound = max(2, math.ceil(slack * n ** (1.0 / d)))

@@ -3,9 +3,12 @@
 ALBERT (Lan et al. 2020) decouples the vocabulary embedding size ``E`` from the hidden size
 ``H``: a ``V x E`` table followed by an ``E x H`` projection shared by every token, so the
 parameters drop from ``V * H`` to ``V * E + E * H`` (MiniLM at ``E = 32``: 11.7 M -> 0.99 M,
-11.9x). Here the two factors start from the truncated SVD of the trained table,
-``W ~ (U_E sqrt(S_E)) (sqrt(S_E) V_E^T)``, the best rank-``E`` approximation in Frobenius
-norm (Eckart-Young), and distillation (``distill.embedding``) then recovers the rest.
+11.9x). Here the two factors start from the SVD of the trained table: ``W ~ (W B^T) B``
+with ``B`` the top-``E`` right singular vectors, either of ``W`` itself (``init: svd``, the
+best rank-``E`` approximation, Eckart-Young) or of ``W`` with each row weighted by how often
+the task's data looks it up (``init: frequency``): on MiniLM at ``E = 32`` STS-B dev before
+any training is 80.8 with frequency weights against 71.3 with the plain SVD (fp32 86.7).
+Distillation (``distill.embedding``) then recovers the rest.
 
 A lookup is a gather of ``E``-wide rows and one ``[tokens, E] x [E, H]`` matmul (``E * H``
 MACs per token). ``gate: params`` / ``gate: latency`` decide per table as in
