@@ -99,6 +99,8 @@ def main(argv: list[str]) -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--baselines", action="store_true",
                     help="only add the untrained svd-init and TT rows (STS-B dev) to an existing result file")
+    ap.add_argument("--name", default="minilm_embedding", help="result file benchmarks/results/NAME.json")
+    ap.add_argument("--skip-zero-shot", action="store_true", help="do not score the student before distillation")
     ap.add_argument("--smoke", action="store_true", help="check the plumbing: no STS-B scoring, no result file")
     args = ap.parse_args(argv)
     if args.smoke:
@@ -125,7 +127,8 @@ def main(argv: list[str]) -> None:
              "with": {"dim": args.dim, "init": "frequency", "data": "unlabeled"}},
         ]})
         student = recipe.run(zm.model, ctx)
-        rows["factorized_frequency"] = {"stsb": stsb(student, zm), "word_table_params": word_params(student),
+        rows["factorized_frequency"] = {"stsb": {} if args.skip_zero_shot else stsb(student, zm),
+                                        "word_table_params": word_params(student),
                                         "record": slimkit.records(student)[-1].summary}
         log(f"factorized_frequency: {rows['factorized_frequency']}")
         out["recipe"] = recipe.to_dict()
@@ -154,7 +157,7 @@ def main(argv: list[str]) -> None:
         print(json.dumps(out, indent=1))
         return
     RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / "minilm_embedding.json"
+    path = RESULTS / f"{args.name}.json"
     path.write_text(json.dumps(out, indent=1) + "\n")
     print(json.dumps(out["headline"]))
 
