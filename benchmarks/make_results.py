@@ -244,8 +244,45 @@ def support() -> list[str]:
             f"{rep['meta']['cells']} architecture x method cells: {counts}. The table: [support.md](support.md).", ""]
 
 
-SECTIONS = (compare, pruning, bilstm, int8_paths, support)
-RENDERED = {n for n, _, _ in COMPARE} | {n for t in PRUNING for n in t if n} | {"bilstm.json", "support_matrix.json"}
+# Files that carry their own tables: ``{"title", "command", "summary", "tables": [{"caption", "columns",
+# "rows"}], "notes"}`` plus the CPU label fields; rendered as they are, in this order.
+GENERIC = ("lowrank_minilm.json", "minilm_embedding.json", "minilm_share.json", "lowrank_cnn.json",
+           "structured_digits.json")
+
+
+def _cell(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}" if abs(v) < 1e4 else f"{v:,.0f}"
+    if isinstance(v, int) and not isinstance(v, bool):
+        return f"{v:,}"
+    return "" if v is None else str(v)
+
+
+def generic() -> list[str]:
+    out: list[str] = []
+    for name in GENERIC:
+        rep = _load(name)
+        if not rep or not rep.get("tables"):
+            continue
+        out += [f"## {rep.get('title', name)}", "", f"### {name}", "", label_line(rep, rep.get("command", "?")), ""]
+        if rep.get("summary"):
+            out += [str(rep["summary"]), ""]
+        for table in rep["tables"]:
+            if table.get("caption"):
+                out += [f"**{table['caption']}**", ""]
+            cols = [str(c) for c in table["columns"]]
+            out += ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+            out += ["| " + " | ".join(_cell(v) for v in row) + " |" for row in table["rows"]]
+            out.append("")
+        out += [f"Note: {n}" for n in rep.get("notes", [])]
+        if rep.get("notes"):
+            out.append("")
+    return out
+
+
+SECTIONS = (compare, pruning, bilstm, int8_paths, support, generic)
+RENDERED = ({n for n, _, _ in COMPARE} | {n for t in PRUNING for n in t if n} | {"bilstm.json", "support_matrix.json"}
+            | set(GENERIC))
 
 
 def render() -> str:

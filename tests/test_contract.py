@@ -101,6 +101,7 @@ def make_context(data: Callable[[torch.Generator], tuple[Any, Any]], export_dir:
 CNN_WEIGHTS = {"types": ["Conv2d", "Linear"]}
 LINEARS = {"types": ["Linear"]}
 CONTRACT: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
+    "lowrank.block_diagonal": ("digits_cnn", {"blocks": 2}, LINEARS),
     "prune.block": ("digits_cnn", {"sparsity": 0.5, "block": [2, 4]}, LINEARS),
     "prune.channel": ("digits_cnn", {"ratio": 0.5, "importance": "taylor", "calib_batches": 2}, CNN_WEIGHTS),
     "prune.dsd": ("digits_cnn", {"sparsity": 0.5, "sparse_steps": 3, "redense_steps": 2}, CNN_WEIGHTS),
@@ -117,6 +118,9 @@ CONTRACT: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
     "prune.vocab": ("tiny_bert", {"always_keep": [0, 1], "unk_id": 1}, {}),
     "prune.wanda": ("digits_cnn", {"sparsity": 0.5, "batches": 2}, {}),
     "quantize.balanced": ("digits_cnn", {"bits": 3}, CNN_WEIGHTS),
+    "share.circulant": ("digits_cnn", {"block": 8}, LINEARS),
+    "share.hashed": ("digits_cnn", {"ratio": 0.25, "seed": 3}, LINEARS),
+    "share.toeplitz": ("digits_cnn", {"block": 8}, LINEARS),
     "quantize.binary": ("digits_cnn", {"mode": "xnor", "steps": 3}, CNN_WEIGHTS),
     "quantize.cast": ("digits_cnn", {"dtype": "bfloat16"}, LINEARS),
     "quantize.dynamic": ("digits_cnn", {"per_channel": True}, LINEARS),
@@ -233,6 +237,10 @@ VARIANTS: dict[str, tuple[str, str, dict[str, Any], dict[str, Any]]] = {
                                                              "reg": "group_lasso", "reg_groups": "cols"}, CNN_WEIGHTS),
     "movement-rpp-proximal": ("prune.movement", "digits_cnn", {"sparsity": 0.6, "steps": 4, "every": 1,
                                                                 "proximal": True}, CNN_WEIGHTS),
+    "circulant-dense-product": ("share.circulant", "digits_cnn", {"block": 8, "product": "dense"}, LINEARS),
+    "toeplitz-fft-product": ("share.toeplitz", "digits_cnn", {"block": 4, "product": "fft"}, LINEARS),
+    "hashed-size-params-gate": ("share.hashed", "digits_cnn", {"size": 100, "gate": "params", "gate_min_ratio": 4.0},
+                                LINEARS),
     "channel-entropy": ("prune.channel", "digits_cnn", {"ratio": 0.5, "importance": "entropy", "calib_batches": 2},
                         CNN_WEIGHTS),
     "channel-output-norm": ("prune.channel", "digits_cnn", {"ratio": 0.5, "importance": "output_norm",

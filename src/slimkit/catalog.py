@@ -12,7 +12,8 @@ from .export import (
     openvino,  # noqa: F401
     pt2e,  # noqa: F401
 )
-from .lowrank import tt  # noqa: F401
+from .lowrank import block_diagonal as _lowrank_block_diagonal  # noqa: F401
+from .lowrank import tt as _lowrank_tt  # noqa: F401
 from .prune import (
     gradual,  # noqa: F401
     layers,  # noqa: F401
@@ -34,7 +35,8 @@ from .quantize import (
     smoothquant,  # noqa: F401
     weight_only,  # noqa: F401
 )
-from .share import factorized_embedding  # noqa: F401
+from .share import factorized_embedding as _share_factorized_embedding  # noqa: F401
+from .share import structured as _share_structured  # noqa: F401
 from .train import (
     reconstruct,  # noqa: F401
     recovery,  # noqa: F401

@@ -67,3 +67,18 @@ def test_check_fails_on_a_stale_page(gen, tmp_path, monkeypatch):
     monkeypatch.setattr(gen, "ROOT", tmp_path)
     assert gen.main(["--check"]) == 1
     assert gen.main([]) == 0 and stale.read_text() == gen.render()
+
+
+def test_generic_tables_render_with_their_label(gen, monkeypatch, tmp_path):
+    import json
+
+    doc = {"title": "Low-rank on X", "command": "python benchmarks/x.py", "date": "2026-12-02",
+           "int8_isa": {"name": "avx2", "cpu_model": "AMD EPYC 7B12", "source": "cpu"},
+           "tables": [{"caption": "ranks", "columns": ["layer", "rank", "ratio"], "rows": [["fc1", 16, 1.2346]]}],
+           "notes": ["one seed"]}
+    (tmp_path / "lowrank_minilm.json").write_text(json.dumps(doc))
+    monkeypatch.setattr(gen, "RESULTS", tmp_path)
+    text = "\n".join(gen.generic())
+    assert "## Low-rank on X" in text
+    assert "*`python benchmarks/x.py`; CPU: AMD EPYC 7B12, int8 ISA avx2; measured 2026-12-02.*" in text
+    assert "| fc1 | 16 | 1.235 |" in text and "Note: one seed" in text

@@ -19,6 +19,19 @@ Conventions (the same as fvcore / ptflops for the ops both cover):
   also for causal masks (the fused CPU kernels skip part of the masked half, but
   counting it keeps counts comparable across backends).
 - Zeros inside weights are still counted (dense MACs): a dense kernel does that work.
+- MACs are *real* multiply-adds. A complex matrix product (complex ``mm``/``bmm``) counts
+  4 real MACs per complex multiply-add.
+- FFTs (``aten::_fft_c2c``, ``_fft_r2c``, ``_fft_c2r``; memory access: the default, input read
+  and output written): a complex transform of length
+  ``n`` counts ``(n/2) * log2(n)`` complex multiply-adds (the radix-2 butterfly count),
+  i.e. ``2 * n * log2(n)`` real MACs, per transformed row (every other element of the
+  batch); a real-input (r2c) or real-output (c2r) transform of real length ``n`` counts
+  half of that, ``n * log2(n)`` (it is computed as a half-length complex FFT plus a
+  linear pass). ``n`` is the product of the transformed dims' lengths; non-powers of two
+  use the same formula (real FFT libraries stay within a small factor of it). Complex
+  *elementwise* products stay 0 MACs like every elementwise op; slimkit's FFT layers
+  (:mod:`slimkit.share.structured_layers`) write their spectral product as a real batched
+  matmul, so it is counted as ordinary MACs.
 
 Other code extends the table with :func:`register_mac_formula`, e.g. for int8 ops::
 
@@ -161,12 +174,17 @@ def _shape(x: Any) -> tuple[int, ...]:
     return tuple(x.shape)
 
 
+def _complex_factor(t: Any) -> int:
+    """Real MACs per multiply-add in ``t``'s dtype: 4 for complex, 1 otherwise."""
+    return 4 if isinstance(t, torch.Tensor) and t.is_complex() else 1
+
+
 def _mm(args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> int:  # mm / bmm / matmul (a, b)
-    return matmul_macs(_shape(args[0]), _shape(args[1]))
+    return matmul_macs(_shape(args[0]), _shape(args[1])) * _complex_factor(args[0])
 
 
 def _add_mm(args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> int:  # addmm / baddbmm / addmv (c, a, b)
-    return matmul_macs(_shape(args[1]), _shape(args[2]))
+    return matmul_macs(_shape(args[1]), _shape(args[2])) * _complex_factor(args[1])
 
 
 def _addbmm(args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> int:  # sum over the batch of a @ b
@@ -256,3 +274,42 @@ def _rnn_layer(args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> int:
 
 
 register_mac_formula("aten::mkldnn_rnn_layer", _rnn_layer)
+
+
+def fft_macs(n: int, rows: int, *, real: bool) -> int:
+    """Real MACs of ``rows`` FFTs of length ``n``: ``2 n log2 n`` each (complex), half for real in/out."""
+    if n <= 1 or rows <= 0:
+        return 0
+    per = 2.0 * n * math.log2(n) * (0.5 if real else 1.0)
+    return int(round(rows * per))
+
+
+def _dims(args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[int]:
+    dims = args[1] if len(args) > 1 else kwargs.get("dim", [])
+    return [int(d) for d in dims]
+
+
+def _fft_length(shape: Sequence[int], dims: Sequence[int]) -> int:
+    return _prod([shape[d] for d in dims])
+
+
+def _fft_c2c(args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> int:  # _fft_c2c(self, dim, norm, forward)
+    x = args[0]
+    n = _fft_length(_shape(x), _dims(args, kwargs))
+    return fft_macs(n, x.numel() // max(n, 1), real=False)
+
+
+def _fft_r2c(args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> int:  # _fft_r2c(self, dim, norm, onesided)
+    x = args[0]
+    n = _fft_length(_shape(x), _dims(args, kwargs))
+    return fft_macs(n, x.numel() // max(n, 1), real=True)
+
+
+def _fft_c2r(args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> int:  # _fft_c2r(self, dim, norm, last_dim_size)
+    n = _fft_length(_shape(out), _dims(args, kwargs))  # the real output's lengths
+    return fft_macs(n, out.numel() // max(n, 1), real=True)
+
+
+register_mac_formula("aten::_fft_c2c", _fft_c2c)
+register_mac_formula("aten::_fft_r2c", _fft_r2c)
+register_mac_formula("aten::_fft_c2r", _fft_c2r)

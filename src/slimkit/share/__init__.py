@@ -1,6 +1,8 @@
-"""Parameter sharing across layers (tying weights so several modules store one copy).
+"""Parameter sharing: several weights stored as one.
 
-Nothing lives here yet: vocabulary trimming, which used to, removes rows rather than
-sharing them and is ``prune.vocab`` (:mod:`slimkit.prune.vocab`); k-means weight
-sharing within a layer is ``quantize.kmeans`` (:mod:`slimkit.quantize.kmeans_method`).
+Within a Linear: ``share.hashed`` (HashedNets), ``share.circulant`` and ``share.toeplitz``
+(:mod:`.structured`; layers in :mod:`.structured_layers`, index math in :mod:`.tying`).
+Vocabulary trimming removes rows rather than sharing them and is ``prune.vocab``
+(:mod:`slimkit.prune.vocab`); k-means weight sharing within a layer is ``quantize.kmeans``
+(:mod:`slimkit.quantize.kmeans_method`).
 """
