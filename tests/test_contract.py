@@ -151,6 +151,8 @@ CONTRACT: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
     "distill.assistant_chain": ("tiny_bert", {"steps": 2, "assistants": [1], "loss": "mse"}, {}),
     "distill.mutual": ("digits_cnn", {"steps": 2}, {}),
     "distill.born_again": ("digits_cnn", {"steps": 2, "generations": 2}, {}),
+    "lowrank.tt": ("tiny_bert", {"d": 2, "max_rank": 4}, {"include": ["*word_embeddings", "*intermediate.dense"]}),
+    "share.factorized_embedding": ("tiny_bert", {"dim": 8}, {"include": ["*word_embeddings"]}),
 }
 
 KINDS = slimkit.kinds()  # at collection time: every registered method gets a test
@@ -253,6 +255,11 @@ VARIANTS: dict[str, tuple[str, str, dict[str, Any], dict[str, Any]]] = {
                                                                  "gate_min_ratio": 1.2},
                                     {"include": ["*.layer.*"], "types": ["Linear"]}),
     "svd-bert-embedding-ratio": ("lowrank.svd", "tiny_bert", {"ratio": 0.5}, {"include": ["*word_embeddings"]}),
+    "tt-linear-ranks-factors-gate-params": ("lowrank.tt", "digits_cnn", {
+        "d": 2, "ranks": [3], "factors": [[16, 16], [8, 4]], "gate": "params", "gate_min_ratio": 2.0},
+        {"include": ["8", "10"]}),
+    "factorized-embedding-frequency": ("share.factorized_embedding", "tiny_bert", {
+        "dim": 8, "init": "frequency", "data": "calib", "batches": 2}, {"include": ["*word_embeddings"]}),
     "channel-input-norm": ("prune.channel", "digits_cnn", {"ratio": 0.5, "importance": "input_norm",
                                                             "calib_batches": 2}, CNN_WEIGHTS),
 }

@@ -15,6 +15,7 @@ from .export import (
 from .lowrank import block_diagonal as _lowrank_block_diagonal  # noqa: F401
 from .lowrank import conv_methods as _lowrank_conv_methods  # noqa: F401
 from .lowrank import svd_method as _lowrank_svd  # noqa: F401
+from .lowrank import tt as _lowrank_tt  # noqa: F401
 from .prune import (
     gradual,  # noqa: F401
     layers,  # noqa: F401
@@ -36,6 +37,7 @@ from .quantize import (
     smoothquant,  # noqa: F401
     weight_only,  # noqa: F401
 )
+from .share import factorized_embedding as _share_factorized_embedding  # noqa: F401
 from .share import structured as _share_structured  # noqa: F401
 from .train import (
     reconstruct,  # noqa: F401

@@ -1,0 +1,166 @@
+"""MiniLM word embeddings made >= 10x smaller (issue 17, must-show 2), then recovered by distillation.
+
+    SLIMKIT_DATA=... HF_HUB_OFFLINE=1 python benchmarks/minilm_embedding.py --dim 32 --steps 250 \
+        --lr 2e-4 --warmup 25 --batch 32 --threads 2
+    python benchmarks/minilm_embedding.py --baselines --dim 32 --tt-rank 64     # adds untrained rows
+
+On zoo:minilm-l6 (all-MiniLM-L6-v2, word table 30522 x 384 = 11.7 M parameters):
+
+1. ``share.factorized_embedding`` on ``*word_embeddings`` at ``dim`` (E) with ``init:
+   frequency`` (rows weighted by their token counts on the task's unlabelled corpus); STS-B
+   dev and test before any training.
+2. ``distill.embedding`` (cosine on the pooled embedding, ``cache_teacher``, dropout 0) on
+   the first ``steps`` batches of the STS-B task's unlabelled corpus (STS-B + SST-2 train
+   sentences, test sentences removed); one pass. Settings chosen on dev only.
+3. The saved folders: ``measure.profile`` bytes against the bytes of ``model.safetensors``
+   (the file adds only its 8-byte length and JSON header), fp32 and compressed.
+
+``--baselines`` adds, untrained and on dev only, the plain-SVD init at the same E and a
+3-core TT-embedding (ranks ``tt-rank``) at about the same size. Writes
+``benchmarks/results/minilm_embedding.json``.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import slimkit
+from slimkit import Context, measure, zoo
+from slimkit.core import Recipe, Targets
+from slimkit.core.cpu import int8_isa
+from slimkit.lowrank.tt import TtLowrank
+from slimkit.share.factorized_embedding import FactorizedEmbeddingShare
+
+sys.path.insert(0, str(Path(__file__).parent))
+from stsb_splits import score  # noqa: E402
+
+RESULTS = Path(__file__).parent / "results"
+WORDS = Targets(include=("*word_embeddings",))
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def stsb(model: torch.nn.Module, zm: Any) -> dict[str, float]:
+    return {"dev": round(score(model, zm.tokenizer, "dev"), 2), "test": round(score(model, zm.tokenizer, "test"), 2)}
+
+
+def word_params(model: torch.nn.Module) -> int:
+    table = model.get_submodule("encoder.embeddings.word_embeddings")
+    return sum(p.numel() for p in table.parameters())
+
+
+def sizes(model: torch.nn.Module, zm: Any, folder: Path) -> dict[str, int]:
+    """Profile bytes, the saved file's bytes and its header (file = tensor bytes + 8 + header)."""
+    saved = slimkit.save(model, folder)
+    file = saved / "model.safetensors"
+    raw = file.read_bytes()
+    header = 8 + int.from_bytes(raw[:8], "little")
+    prof = measure.profile(model, zm.example_inputs(1))
+    return {"params_total": prof.params_total, "word_table_params": word_params(model),
+            "profile_bytes": prof.bytes_on_disk, "file_bytes": file.stat().st_size, "file_header_bytes": header,
+            "macs_b1_s128": prof.macs}
+
+
+def baselines(args: argparse.Namespace, zm: Any, corpus: Any, cmd: str) -> None:
+    """Untrained comparison rows at about the same size: plain-SVD init and a TT-embedding (dev only)."""
+    path = RESULTS / "minilm_embedding.json"
+    out = json.loads(path.read_text())
+    ctx = Context(unlabeled_data=corpus, progress=False, seed=0)
+    for name, cfg in (("factorized_svd", FactorizedEmbeddingShare(dim=args.dim)),
+                      ("tt", TtLowrank(d=3, max_rank=args.tt_rank))):
+        m = slimkit.apply(zm.model, cfg, WORDS, ctx)
+        out["rows"][name] = {"stsb": {"dev": round(score(m, zm.tokenizer, "dev"), 2)},
+                             "word_table_params": word_params(m), "record": slimkit.records(m)[-1].summary,
+                             "untrained": True}
+        log(f"{name}: {out['rows'][name]}")
+    out["baselines_command"] = cmd
+    path.write_text(json.dumps(out, indent=1) + "\n")
+
+
+def main(argv: list[str]) -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--dim", type=int, default=32)
+    ap.add_argument("--steps", type=int, default=500)
+    ap.add_argument("--lr", type=float, default=2e-4)
+    ap.add_argument("--warmup", type=int, default=50)
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--tt-rank", type=int, default=64)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--baselines", action="store_true",
+                    help="only add the untrained svd-init and TT rows (STS-B dev) to an existing result file")
+    ap.add_argument("--name", default="minilm_embedding", help="result file benchmarks/results/NAME.json")
+    ap.add_argument("--skip-zero-shot", action="store_true", help="do not score the student before distillation")
+    ap.add_argument("--smoke", action="store_true", help="check the plumbing: no STS-B scoring, no result file")
+    args = ap.parse_args(argv)
+    if args.smoke:
+        globals()["score"] = lambda *a: 0.0
+    torch.set_num_threads(args.threads)
+    cmd = ("python benchmarks/minilm_embedding.py " + " ".join(argv)).strip()
+    zm = zoo.load("zoo:minilm-l6")
+    task = zoo.get_task("stsb")
+    corpus = task.unlabeled_batches(zm, args.batch, seed=0)
+    if args.baselines:
+        baselines(args, zm, corpus, cmd)
+        return
+    out: dict[str, Any] = {"date": datetime.date.today().isoformat(),
+                           "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
+                           "cpu": int8_isa().cpu_model, "command": cmd, "args": vars(args), "rows": {}}
+    rows = out["rows"]
+    with tempfile.TemporaryDirectory() as tmp:
+        log("fp32")
+        rows["fp32"] = {"stsb": stsb(zm.model, zm), **sizes(zm.model, zm, Path(tmp) / "fp32")}
+        log(str(rows["fp32"]))
+        ctx = Context(unlabeled_data=corpus, teacher=zm.model, progress=False, seed=0)
+        recipe = Recipe.from_dict({"name": "minilm-embedding", "steps": [
+            {"kind": "share.factorized_embedding", "targets": {"include": ["*word_embeddings"]},
+             "with": {"dim": args.dim, "init": "frequency", "data": "unlabeled"}},
+        ]})
+        student = recipe.run(zm.model, ctx)
+        rows["factorized_frequency"] = {"stsb": {} if args.skip_zero_shot else stsb(student, zm),
+                                        "word_table_params": word_params(student),
+                                        "record": slimkit.records(student)[-1].summary}
+        log(f"factorized_frequency: {rows['factorized_frequency']}")
+        out["recipe"] = recipe.to_dict()
+        distill = Recipe.from_dict({"name": "recover", "steps": [
+            {"kind": "distill.embedding", "with": {"steps": args.steps, "lr": args.lr, "warmup": args.warmup,
+                                                   "dropout": 0.0, "cache_teacher": True, "data": "unlabeled"}}]})
+        out["recipe"]["steps"] += distill.to_dict()["steps"]
+        ctx.unlabeled_data = list(corpus)[: args.steps]  # one pass: the teacher cache covers only what is used
+        t = time.time()
+        student = distill.run(student, ctx)
+        out["distill_seconds"] = round(time.time() - t, 1)
+        rows["factorized_frequency_distilled"] = {"stsb": stsb(student, zm),
+                                                  **sizes(student, zm, Path(tmp) / "student"),
+                                                  "distill": slimkit.records(student)[-1].summary}
+        log(f"distilled: {rows['factorized_frequency_distilled']}")
+    fp32, final = rows["fp32"], rows["factorized_frequency_distilled"]
+    out["headline"] = {
+        "word_table_reduction": round(fp32["word_table_params"] / final["word_table_params"], 2),
+        "file_reduction": round(fp32["file_bytes"] / final["file_bytes"], 3),
+        "file_bytes_saved": fp32["file_bytes"] - final["file_bytes"],
+        "profile_bytes_saved": fp32["profile_bytes"] - final["profile_bytes"],
+        "stsb_test_delta": round(final["stsb"]["test"] - fp32["stsb"]["test"], 2),
+        "stsb_dev_delta": round(final["stsb"]["dev"] - fp32["stsb"]["dev"], 2),
+    }
+    if args.smoke:
+        print(json.dumps(out, indent=1))
+        return
+    RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / f"{args.name}.json"
+    path.write_text(json.dumps(out, indent=1) + "\n")
+    print(json.dumps(out["headline"]))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
