@@ -246,8 +246,12 @@ def support() -> list[str]:
 
 # Files that carry their own tables: ``{"title", "command", "summary", "tables": [{"caption", "columns",
 # "rows"}], "notes"}`` plus the CPU label fields; rendered as they are, in this order.
-GENERIC = ("lowrank_minilm.json", "minilm_embedding.json", "minilm_share.json", "lowrank_cnn.json",
+GENERIC = ("lowrank_minilm.json", "minilm_embedding*.json", "minilm_share.json", "lowrank_cnn.json",
            "structured_digits.json")
+
+
+def _generic_files() -> list[str]:
+    return [p.name for pattern in GENERIC for p in sorted(RESULTS.glob(pattern))]
 
 
 def _cell(v: Any) -> str:
@@ -260,7 +264,7 @@ def _cell(v: Any) -> str:
 
 def generic() -> list[str]:
     out: list[str] = []
-    for name in GENERIC:
+    for name in _generic_files():
         rep = _load(name)
         if not rep or not rep.get("tables"):
             continue
@@ -282,7 +286,7 @@ def generic() -> list[str]:
 
 SECTIONS = (compare, pruning, bilstm, int8_paths, support, generic)
 RENDERED = ({n for n, _, _ in COMPARE} | {n for t in PRUNING for n in t if n} | {"bilstm.json", "support_matrix.json"}
-            | set(GENERIC))
+            | set(_generic_files()))
 
 
 def render() -> str:
