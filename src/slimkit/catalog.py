@@ -33,6 +33,7 @@ from .quantize import (
     smoothquant,  # noqa: F401
     weight_only,  # noqa: F401
 )
+from .share import layers as _share_layers  # noqa: F401
 from .train import (
     reconstruct,  # noqa: F401
     recovery,  # noqa: F401

@@ -1,6 +1,12 @@
 """Parameter sharing across layers (tying weights so several modules store one copy).
 
-Nothing lives here yet: vocabulary trimming, which used to, removes rows rather than
-sharing them and is ``prune.vocab`` (:mod:`slimkit.prune.vocab`); k-means weight
-sharing within a layer is ``quantize.kmeans`` (:mod:`slimkit.quantize.kmeans_method`).
+- ``share.layers`` (:mod:`.layers`, :class:`LayersShare`): ALBERT-style cross-layer
+  sharing; groups of consecutive transformer blocks hold one set of weights.
+
+Vocabulary trimming removes rows rather than sharing them and is ``prune.vocab``
+(:mod:`slimkit.prune.vocab`); k-means weight sharing within a layer is ``quantize.kmeans``
+(:mod:`slimkit.quantize.kmeans_method`).
 """
+from .layers import LayersShare
+
+__all__ = ["LayersShare"]
