@@ -144,6 +144,7 @@ CONTRACT: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
     "distill.assistant_chain": ("tiny_bert", {"steps": 2, "assistants": [1], "loss": "mse"}, {}),
     "distill.mutual": ("digits_cnn", {"steps": 2}, {}),
     "distill.born_again": ("digits_cnn", {"steps": 2, "generations": 2}, {}),
+    "share.layers": ("tiny_bert", {"groups": 1}, {}),
 }
 
 KINDS = slimkit.kinds()  # at collection time: every registered method gets a test
@@ -237,6 +238,8 @@ VARIANTS: dict[str, tuple[str, str, dict[str, Any], dict[str, Any]]] = {
                                                              "calib_batches": 2}, CNN_WEIGHTS),
     "channel-input-norm": ("prune.channel", "digits_cnn", {"ratio": 0.5, "importance": "input_norm",
                                                             "calib_batches": 2}, CNN_WEIGHTS),
+    "share-layers-group-map-index": ("share.layers", "tiny_bert", {"group_map": [[0, 1]], "init": "index",
+                                                                    "index": -1}, {}),
 }
 
 
