@@ -106,6 +106,8 @@ def main() -> None:
     ap.add_argument("--init", choices=["mean", "first", "last"],
                     help="skip the dev probe of the init (use for later groupings once it was chosen)")
     ap.add_argument("--no-layers", action="store_true", help="skip the prune.layers 3-block student")
+    ap.add_argument("--only-layers", action="store_true", help="only the prune.layers 3-block student (no fp32 row)")
+    ap.add_argument("--results", type=Path, default=RESULTS, help="the JSON to write")
     ap.add_argument("--append", action="store_true", help="keep the rows of other students already in the JSON")
     args = ap.parse_args()
     torch.manual_seed(0)
@@ -119,8 +121,9 @@ def main() -> None:
         "distill": {"kind": "distill.embedding", "steps": args.steps, "lr": 0.0006, "dropout": 0.0,
                     "cache_teacher": True, "data": "stsb task unlabelled corpus"},
         "rows": []}
-    if args.append and RESULTS.is_file():
-        old = json.loads(RESULTS.read_text())
+    out = args.results
+    if args.append and out.is_file():
+        old = json.loads(out.read_text())
         doc["rows"], doc["runs"] = old.get("rows", []), old.get("runs", [old.get("command")])
         doc["init_probe"] = old.get("init_probe", {})
         if "fp32" in old:
@@ -129,26 +132,28 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         log("fp32")
-        fp32 = doc.get("fp32") or saved(zm.model, tmp / "fp32", zm)
+        fp32 = doc.get("fp32") or (None if args.only_layers else saved(zm.model, tmp / "fp32", zm))
         doc["fp32"] = fp32
         log(f"fp32: {fp32}")
         plan: list[tuple[str, dict[str, Any]]] = []
         init = args.init
-        for g in args.groups:
+        for g in [] if args.only_layers else args.groups:
             if init is None:  # chosen on dev for the first grouping, then reused
                 init, probe = choose_init(zm, g)
                 doc.setdefault("init_probe", {})[f"groups={g}"] = probe
             plan.append((f"share-{g}groups", {"kind": "share.layers", "with": {"groups": g, "init": init}}))
             if g == args.groups[0] and not args.no_layers:
                 plan.append(("layers-3of6", {"kind": "prune.layers", "with": {"drop": [0, 2, 4]}}))
+        if args.only_layers:
+            plan.append(("layers-3of6", {"kind": "prune.layers", "with": {"drop": [0, 2, 4]}}))
         for name, shrink in plan:
             row = run_student(name, shrink, args.steps, zm, task, tmp)
-            for kind in ("float", "fp16"):
+            for kind in ("float", "fp16") if fp32 else ():
                 row[kind]["x_smaller_than_fp32"] = round(fp32["file_bytes"] / row[kind]["file_bytes"], 2)
             doc["rows"] = [r for r in doc["rows"] if r["name"] != name] + [row]
-            RESULTS.parent.mkdir(parents=True, exist_ok=True)
-            RESULTS.write_text(json.dumps(doc, indent=2) + "\n")
-            log(f"wrote {RESULTS}")
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(json.dumps(doc, indent=2) + "\n")
+            log(f"wrote {out}")
 
 
 if __name__ == "__main__":
