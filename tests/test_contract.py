@@ -153,6 +153,7 @@ CONTRACT: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
     "distill.born_again": ("digits_cnn", {"steps": 2, "generations": 2}, {}),
     "lowrank.tt": ("tiny_bert", {"d": 2, "max_rank": 4}, {"include": ["*word_embeddings", "*intermediate.dense"]}),
     "share.factorized_embedding": ("tiny_bert", {"dim": 8}, {"include": ["*word_embeddings"]}),
+    "share.layers": ("tiny_bert", {"groups": 1}, {}),
 }
 
 KINDS = slimkit.kinds()  # at collection time: every registered method gets a test
@@ -262,6 +263,8 @@ VARIANTS: dict[str, tuple[str, str, dict[str, Any], dict[str, Any]]] = {
         "dim": 8, "init": "frequency", "data": "calib", "batches": 2}, {"include": ["*word_embeddings"]}),
     "channel-input-norm": ("prune.channel", "digits_cnn", {"ratio": 0.5, "importance": "input_norm",
                                                             "calib_batches": 2}, CNN_WEIGHTS),
+    "share-layers-group-map-index": ("share.layers", "tiny_bert", {"group_map": [[0, 1]], "init": "index",
+                                                                    "index": -1}, {}),
 }
 
 

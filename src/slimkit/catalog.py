@@ -39,6 +39,7 @@ from .quantize import (
 )
 from .share import factorized_embedding as _share_factorized_embedding  # noqa: F401
 from .share import structured as _share_structured  # noqa: F401
+from .share import layers as _share_layers  # noqa: F401
 from .train import (
     reconstruct,  # noqa: F401
     recovery,  # noqa: F401

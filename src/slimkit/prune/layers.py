@@ -93,8 +93,8 @@ def _is_block_list(m: nn.Module) -> bool:
             and any(True for _ in m[0].parameters()))
 
 
-def find_block_lists(model: nn.Module, targets: Targets) -> list[str]:
-    """Names of the block lists to act on.
+def find_block_lists(model: nn.Module, targets: Targets, kind: str = "prune.layers") -> list[str]:
+    """Names of the block lists to act on (``kind`` names the method in errors).
 
     With the default targets the outermost candidate must be unique (a full T5 has
     ``encoder.block`` and ``decoder.block``; lists nested in blocks, e.g. MoE experts,
@@ -104,13 +104,13 @@ def find_block_lists(model: nn.Module, targets: Targets) -> list[str]:
     names = [name for name, m in targets.iter(model) if _is_block_list(m)]
     if not auto:
         if not names:
-            raise MethodError(f"prune.layers: targets {list(targets.include)} name no ModuleList of same-class blocks")
+            raise MethodError(f"{kind}: targets {list(targets.include)} name no ModuleList of same-class blocks")
         return names
     outer = [n for n in names if not any(n != o and n.startswith(o + ".") for o in names)]
     if not outer:
-        raise MethodError("prune.layers: found no nn.ModuleList of same-class blocks in the model")
+        raise MethodError(f"{kind}: found no nn.ModuleList of same-class blocks in the model")
     if len(outer) > 1:
-        raise MethodError(f"prune.layers: several block lists {outer}; name one with Targets(include=(...,))")
+        raise MethodError(f"{kind}: several block lists {outer}; name one with Targets(include=(...,))")
     return outer
 
 
