@@ -38,8 +38,8 @@ from .quantize import (
     weight_only,  # noqa: F401
 )
 from .share import factorized_embedding as _share_factorized_embedding  # noqa: F401
-from .share import structured as _share_structured  # noqa: F401
 from .share import layers as _share_layers  # noqa: F401
+from .share import structured as _share_structured  # noqa: F401
 from .train import (
     reconstruct,  # noqa: F401
     recovery,  # noqa: F401

@@ -126,3 +126,15 @@ def test_recipe_round_trips_through_yaml() -> None:
     again = Recipe.from_yaml(yaml.safe_dump(r.to_dict()))
     assert [s.config for s in again.steps] == [s.config for s in r.steps]
     assert torch.__version__  # torch imported for the side effect of registry use
+
+
+def test_latency_gate_must_time_on_the_runtime_the_recipe_exports_to():
+    steps = [{"kind": "lowrank.svd", "with": {"ratio": 0.5, "gate": "latency"}}, {"kind": "export.onnx"}]
+    with pytest.raises(ConfigError, match=r"step 1 \(lowrank.svd\).*exports to 'onnx'; set gate_runtime: onnx"):
+        Recipe.from_dict({"steps": steps})
+    steps[0]["with"]["gate_runtime"] = "onnx"
+    assert len(Recipe.from_dict({"steps": steps}).steps) == 2
+    # no export step: any runtime; a params gate is not timed at all
+    assert Recipe.from_dict({"steps": [{"kind": "lowrank.svd", "with": {"ratio": 0.5, "gate": "latency"}}]})
+    assert Recipe.from_dict({"steps": [{"kind": "lowrank.svd", "with": {"ratio": 0.5, "gate": "params"}},
+                                       {"kind": "export.pt2e"}]})

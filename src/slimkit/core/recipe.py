@@ -165,3 +165,20 @@ def check_order(steps: tuple[Step, ...]) -> None:
             quantized_at = step.label
         if stage == "export":
             exported_at = step.label
+    check_gate_runtime(steps)
+
+
+# the runtime a ``gate: latency`` must time on when a recipe ends in this export kind
+_SERVED_ON = {"export.onnx": "onnx", "export.pt2e": "pt2"}
+
+
+def check_gate_runtime(steps: tuple[Step, ...]) -> None:
+    """A layer gated by latency must be timed on the runtime the recipe ships: a recipe that ends
+    in an ONNX export and gates on eager PyTorch would keep layers for a speed it never serves."""
+    served = next((_SERVED_ON[s.config.kind] for s in steps if s.config.kind in _SERVED_ON), None)
+    if served is None:
+        return
+    for step in steps:
+        if getattr(step.config, "gate", None) == "latency" and getattr(step.config, "gate_runtime", served) != served:
+            raise ConfigError(f"gate: latency times on {step.config.gate_runtime!r}, but the recipe exports to "
+                              f"{served!r}; set gate_runtime: {served}", step=step.label)
