@@ -94,7 +94,25 @@ def minilm_embedding(doc: dict[str, Any]) -> None:
                                   "STS-B test"], "rows": rows}]
 
 
-CONVERTERS = {"lowrank_minilm.json": lowrank_minilm, "lowrank_cnn.json": lowrank_cnn}
+def minilm_share(doc: dict[str, Any]) -> None:
+    fp = doc["fp32"]
+    rows = [["fp32", "-", fp["params"], fp["file_bytes"], "1.00x", fp["stsb"].get("dev"), fp["stsb"].get("test")]]
+    for r in doc["rows"]:
+        for form in ("float", "fp16"):
+            got = r[form]
+            rows.append([r["name"], " -> ".join(got.get("chain", r["chain"])), got["params"], got["file_bytes"],
+                         f"{fp['file_bytes'] / got['file_bytes']:.2f}x", got["stsb"].get("dev"),
+                         got["stsb"].get("test")])
+    d = doc.get("distill", {})
+    doc["title"] = "MiniLM-L6: share.layers (3 groups of 2) vs the 3-block student, same distillation"
+    doc["summary"] = (f"{d.get('kind')} {d.get('steps')} steps, lr {d.get('lr')}, dropout {d.get('dropout')}, "
+                      f"cache_teacher, {d.get('data')}; every artifact saved, restored and scored (STS-B x100).")
+    doc["tables"] = [{"columns": ["student", "chain", "params", "file bytes", "smaller than fp32", "STS-B dev",
+                                  "STS-B test"], "rows": rows}]
+
+
+CONVERTERS = {"lowrank_minilm.json": lowrank_minilm, "lowrank_cnn.json": lowrank_cnn,
+              "minilm_share.json": minilm_share}
 
 
 def convert(path: Path) -> bool:
