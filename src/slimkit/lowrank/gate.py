@@ -35,6 +35,7 @@ from torch import nn
 
 from ..core import Context, MethodConfig, MethodError, method_config
 from ..core.context import forward_batches
+from ..core.modules import swap_module
 
 Gate = Literal["none", "latency", "params"]
 Runtime = Literal["eager", "pt2", "onnx"]
@@ -189,10 +190,32 @@ class _Call(nn.Module):
         return self.fn(*args)
 
 
+def gate_and_swap(model: nn.Module, found: Sequence[tuple[str, nn.Module]],
+                  build: Callable[[int, str, nn.Module], nn.Module], ctx: Context,
+                  config: GateOptions) -> tuple[dict[str, nn.Module], list[GateDecision]]:
+    """The one gated replacement loop: build each target's replacement, gate it, swap the kept ones.
+
+    ``found`` lists ``(name, dense)`` targets; ``build(k, name, dense)`` returns the replacement
+    (put in the dense layer's train/eval mode). Inputs are captured only for ``gate: latency``.
+    Returns the kept replacements by name and every decision, in target order.
+    """
+    inputs = capture_inputs(model, [n for n, _ in found], ctx, config.kind) if config.gate == "latency" else {}
+    kept: dict[str, nn.Module] = {}
+    decisions = []
+    for k, (name, dense) in enumerate(found):
+        candidate = build(k, name, dense).train(dense.training)
+        decision = decide(name, dense, candidate, inputs.get(name), config)
+        decisions.append(decision)
+        if decision.kept == "factorized":
+            swap_module(model, name, candidate)
+            kept[name] = candidate
+    return kept, decisions
+
+
 def summarize(decisions: Sequence[GateDecision]) -> dict[str, Any]:
     """Headline numbers for a Record's summary: layers replaced / declined by the gate."""
     kept = [d for d in decisions if d.kept == "factorized"]
     return {"layers_factorized": len(kept), "layers_declined": len(decisions) - len(kept)}
 
 
-__all__ = ["GateOptions", "GateDecision", "capture_inputs", "decide", "n_params", "serving_callable", "summarize"]
+__all__ = ["GateOptions", "GateDecision", "capture_inputs", "decide", "gate_and_swap", "n_params", "serving_callable", "summarize"]

@@ -14,7 +14,7 @@ from torch import nn
 
 from ..core import Context, MethodError, Record, Targets
 from ..core.modules import swap_module
-from .gate import GateOptions, capture_inputs, decide, n_params, summarize
+from .gate import GateOptions, gate_and_swap, n_params, summarize
 
 Builder = Callable[[nn.Linear, int], tuple[nn.Module, dict[str, Any]]]
 
@@ -29,18 +29,16 @@ def _linears(model: nn.Module, targets: Targets, kind: str) -> list[tuple[str, n
 def replace_linears(model: nn.Module, config: GateOptions, targets: Targets, ctx: Context, build: Builder) -> Record:
     """Build, project, gate and swap every targeted Linear; the Record holds the kept layers' structure."""
     layers = _linears(model, targets, config.kind)
-    inputs = capture_inputs(model, [n for n, _ in layers], ctx, config.kind) if config.gate == "latency" else {}
-    kept: dict[str, dict[str, Any]] = {}
-    decisions = []
     before = n_params(model)
-    for k, (name, dense) in enumerate(layers):
-        candidate, structure = build(dense, k)
-        decision = decide(name, dense, candidate.train(dense.training), inputs.get(name), config)
-        decisions.append(decision)
-        if decision.kept == "factorized":
-            swap_module(model, name, candidate)
-            kept[name] = {"in": dense.in_features, "out": dense.out_features, "bias": dense.bias is not None,
-                          **structure}
+    structures: dict[str, dict[str, Any]] = {}
+
+    def make(k: int, name: str, dense: nn.Module) -> nn.Module:
+        candidate, structures[name] = build(dense, k)
+        return candidate
+
+    swapped, decisions = gate_and_swap(model, layers, make, ctx, config)
+    kept = {name: {"in": dense.in_features, "out": dense.out_features, "bias": dense.bias is not None,
+                   **structures[name]} for name, dense in layers if name in swapped}
     summary = {"params_before": before, "params_after": n_params(model), **summarize(decisions)}
     return Record(kind=config.kind, data={"layers": kept, "gate": [d.to_dict() for d in decisions]},
                   summary=summary)

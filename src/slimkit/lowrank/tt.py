@@ -24,7 +24,7 @@ from torch import nn
 
 from ..core import Context, MethodError, Record, Targets, method_config, register_method, register_replay
 from ..core.modules import swap_module
-from .gate import GateOptions, capture_inputs, decide, n_params, summarize
+from .gate import GateOptions, gate_and_swap, n_params, summarize
 from .tt_layers import TtEmbedding, TtLinear
 from .tt_math import factorize, resolve_ranks
 
@@ -119,22 +119,10 @@ def build_tt(module: nn.Linear | nn.Embedding, config: TtLowrank, name: str) -> 
 @register_method(TtLowrank)
 def tt_lowrank(model: nn.Module, config: TtLowrank, targets: Targets, ctx: Context) -> Record:
     found = tt_targets(model, targets, config.kind)
-    names = [n for n, _ in found]
-    inputs = capture_inputs(model, names, ctx, config.kind) if config.gate == "latency" else {}
-    layers: dict[str, dict[str, Any]] = {}
-    decisions = []
-    before = after = 0
-    for name, module in found:
-        candidate = build_tt(module, config, name)
-        decision = decide(name, module, candidate, inputs.get(name), config)
-        decisions.append(decision)
-        before += n_params(module)
-        if decision.kept == "factorized":
-            swap_module(model, name, candidate)
-            layers[name] = dict(candidate.meta)
-            after += n_params(candidate)
-        else:
-            after += n_params(module)
+    kept, decisions = gate_and_swap(model, found, lambda _k, name, m: build_tt(m, config, name), ctx, config)
+    layers = {name: dict(m.meta) for name, m in kept.items()}
+    before = sum(n_params(m) for _, m in found)
+    after = sum(n_params(kept[n]) if n in kept else n_params(m) for n, m in found)
     summary = {**summarize(decisions), "params_before": before, "params_after": after,
                "compression": round(before / max(after, 1), 4)}
     return Record(kind="", data={"layers": layers, "gate": [d.to_dict() for d in decisions]}, summary=summary)

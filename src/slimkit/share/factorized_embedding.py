@@ -25,7 +25,7 @@ from torch import nn
 from ..core import Context, MethodError, Record, Targets, method_config, register_method, register_replay
 from ..core.context import call_model, forward_batches
 from ..core.modules import swap_module
-from ..lowrank.gate import GateOptions, capture_inputs, decide, n_params, summarize
+from ..lowrank.gate import GateOptions, gate_and_swap, n_params, summarize
 
 
 def svd_factors(weight: torch.Tensor, rank: int,
@@ -197,25 +197,18 @@ def factorize_embeddings(model: nn.Module, config: FactorizedEmbeddingShare, tar
         if config.dim >= emb.embedding_dim:
             raise MethodError(f"{config.kind}: dim {config.dim} must be below {name}'s width {emb.embedding_dim} "
                               "(E < H, or nothing is saved)")
-    inputs = capture_inputs(model, [n for n, _ in found], ctx, config.kind) if config.gate == "latency" else {}
     counts: dict[str, torch.Tensor] = {}
     if config.init == "frequency":
         counts = token_counts(model, [n for n, _ in found], _count_data(config, ctx), config.batches)
-    layers: dict[str, dict[str, Any]] = {}
-    decisions = []
-    before = after = 0
-    for name, emb in found:
+
+    def build(_k: int, name: str, emb: nn.Module) -> nn.Module:
         weights = counts[name] + config.smoothing if name in counts else None
-        candidate = FactorizedEmbedding.from_embedding(emb, config.dim, weights)
-        decision = decide(name, emb, candidate, inputs.get(name), config)
-        decisions.append(decision)
-        before += n_params(emb)
-        if decision.kept == "factorized":
-            swap_module(model, name, candidate)
-            layers[name] = dict(candidate.meta)
-            after += n_params(candidate)
-        else:
-            after += n_params(emb)
+        return FactorizedEmbedding.from_embedding(emb, config.dim, weights)
+
+    kept, decisions = gate_and_swap(model, found, build, ctx, config)
+    layers = {name: dict(m.meta) for name, m in kept.items()}
+    before = sum(n_params(m) for _, m in found)
+    after = sum(n_params(kept[n]) if n in kept else n_params(m) for n, m in found)
     summary = {**summarize(decisions), "params_before": before, "params_after": after,
                "compression": round(before / max(after, 1), 4)}
     if counts:  # rows the counted data looked up, per table
