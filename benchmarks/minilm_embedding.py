@@ -95,6 +95,8 @@ def main(argv: list[str]) -> None:
     ap.add_argument("--lr", type=float, default=2e-4)
     ap.add_argument("--warmup", type=int, default=50)
     ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--exact-rows", type=int, default=0,
+                    help="share.factorized_embedding exact_rows: the K most frequent rows stay exact")
     ap.add_argument("--tt-rank", type=int, default=64)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--baselines", action="store_true",
@@ -124,7 +126,7 @@ def main(argv: list[str]) -> None:
         ctx = Context(unlabeled_data=corpus, teacher=zm.model, progress=False, seed=0)
         recipe = Recipe.from_dict({"name": "minilm-embedding", "steps": [
             {"kind": "share.factorized_embedding", "targets": {"include": ["*word_embeddings"]},
-             "with": {"dim": args.dim, "init": "frequency", "data": "unlabeled"}},
+             "with": {"dim": args.dim, "init": "frequency", "data": "unlabeled", "exact_rows": args.exact_rows}},
         ]})
         student = recipe.run(zm.model, ctx)
         rows["factorized_frequency"] = {"stsb": {} if args.skip_zero_shot else stsb(student, zm),

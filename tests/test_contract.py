@@ -261,6 +261,8 @@ VARIANTS: dict[str, tuple[str, str, dict[str, Any], dict[str, Any]]] = {
         {"include": ["8", "10"]}),
     "factorized-embedding-frequency": ("share.factorized_embedding", "tiny_bert", {
         "dim": 8, "init": "frequency", "data": "calib", "batches": 2}, {"include": ["*word_embeddings"]}),
+    "factorized-embedding-exact-rows": ("share.factorized_embedding", "tiny_bert", {
+        "dim": 4, "init": "frequency", "data": "calib", "exact_rows": 5}, {"include": ["*word_embeddings"]}),
     "channel-input-norm": ("prune.channel", "digits_cnn", {"ratio": 0.5, "importance": "input_norm",
                                                             "calib_batches": 2}, CNN_WEIGHTS),
     "share-layers-group-map-index": ("share.layers", "tiny_bert", {"group_map": [[0, 1]], "init": "index",

@@ -152,3 +152,50 @@ def test_frequency_init_needs_data_and_favours_the_counted_rows() -> None:
     err_freq = (freq.words.dense_weight() - w)[2:12].norm()
     err_plain = (plain.words.dense_weight() - w)[2:12].norm()
     assert err_freq < err_plain
+
+
+def test_exact_rows_keep_the_most_frequent_rows_exact_and_the_tail_low_rank() -> None:
+    torch.manual_seed(3)
+    emb = nn.Embedding(80, 32, padding_idx=1)
+    counts = torch.ones(80, dtype=torch.float64)
+    counts[[7, 3, 40, 1]] = torch.tensor([50.0, 90.0, 20.0, 500.0], dtype=torch.float64)  # the padding row 1 is never kept exact
+    fact = FactorizedEmbedding.from_embedding(emb, 4, counts, exact_rows=3)
+    plain = FactorizedEmbedding.from_embedding(emb, 4, counts)
+    assert fact.slot[[3, 7, 40]].tolist() == [0, 1, 2]  # by count, highest first
+    assert (fact.slot[[i for i in range(80) if i not in (3, 7, 40)]] == 3).all()  # -> the zero row
+    ids = torch.tensor([[3, 7, 40, 5, 1]])
+    out = fact(ids)  # [1, 5, 32]
+    assert torch.allclose(out[0, :3], emb.weight[[3, 7, 40]], atol=1e-5)  # exact
+    assert torch.allclose(out[0, 3:], plain(ids)[0, 3:], atol=1e-6)  # the tail is the plain factorization
+    assert not torch.allclose(out[0, 3], emb.weight[5], atol=1e-3)
+    assert torch.allclose(fact.dense_weight()[ids], out, atol=1e-6)
+    assert sum(p.numel() for p in fact.parameters()) == 80 * 4 + 4 * 32 + 4 * 32
+    fact(ids).sum().backward()
+    assert fact.exact is not None and fact.exact.weight.grad is not None
+    assert fact.exact.weight.grad[3].abs().max() == 0  # the shared zero row never trains
+
+
+def test_exact_rows_through_apply_save_and_restore(tmp_path: Path) -> None:
+    model = Encoder()
+    batches = [_ids() for _ in range(3)]
+    ctx = Context(calib_data=batches, progress=False)
+    out = slimkit.apply(model, FactorizedEmbeddingShare(dim=4, init="frequency", data="calib", exact_rows=6),
+                        Targets(include=("words",)), ctx)
+    assert isinstance(out.words, FactorizedEmbedding) and out.words.exact_rows == 6
+    assert int((out.words.slot < 6).sum()) == 6 and out.words.slot.dtype == torch.int32
+    prof = measure.profile(out, _ids())
+    assert prof.bytes_on_disk == sum(t.numel() * t.element_size() for t in out.state_dict().values())
+    back = slimkit.restore(slimkit.save(out, tmp_path / "a"), model=Encoder)
+    assert torch.equal(back(_ids()), out(_ids()))
+    assert torch.equal(back.words.slot, out.words.slot)
+
+
+def test_exact_rows_need_frequency_init_and_fit_the_table() -> None:
+    with pytest.raises(ConfigError, match="exact_rows"):
+        FactorizedEmbeddingShare(dim=4, exact_rows=3)
+    with pytest.raises(ConfigError, match="exact_rows"):
+        FactorizedEmbeddingShare(dim=4, init="frequency", exact_rows=-1)
+    ctx = Context(calib_data=[_ids()], progress=False)
+    with pytest.raises(MethodError, match="exact_rows 81 exceeds words"):
+        slimkit.apply(Encoder(), FactorizedEmbeddingShare(dim=4, init="frequency", data="calib", exact_rows=81),
+                      Targets(include=("words",)), ctx)

@@ -10,6 +10,13 @@ the task's data looks it up (``init: frequency``): on MiniLM at ``E = 32`` STS-B
 any training is 80.8 with frequency weights against 71.3 with the plain SVD (fp32 86.7).
 Distillation (``distill.embedding``) then recovers the rest.
 
+``exact_rows: K`` adds a frequency-aware correction in the spirit of GroupReduce (Chen et
+al. 2018, which spends more rank on frequent words): the ``K`` rows the data looks up most
+keep their exact trained vector through a ``[K + 1, H]`` residual table (``W_i - A_i B``;
+the extra row is a frozen zero for every other token), found by an int32 ``slot`` buffer
+``[V]``. Word frequencies are Zipfian, so a few hundred rows cover most running tokens:
+the common words cost nothing in quality and the low rank serves the long tail.
+
 A lookup is a gather of ``E``-wide rows and one ``[tokens, E] x [E, H]`` matmul (``E * H``
 MACs per token). ``gate: params`` / ``gate: latency`` decide per table as in
 :mod:`slimkit.lowrank.gate`.
@@ -50,8 +57,10 @@ class FactorizedEmbedding(nn.Module):
     """``project(embed(ids))``: an ``nn.Embedding(V, E)`` then ``nn.Linear(E, H, bias=False)``.
 
     ``meta``: ``num_embeddings`` (V), ``embedding_dim`` (H, what callers get), ``dim`` (E),
-    ``padding_idx``. As in ``nn.Embedding``, the padding row of the small table gets no
-    gradient.
+    ``padding_idx``, optionally ``exact_rows`` (K > 0: a residual ``nn.Embedding(K + 1, H)``
+    whose last row is its padding row, so it stays zero, and an int32 ``slot`` buffer
+    ``[V]`` mapping each token to its residual row or to that zero row). As in
+    ``nn.Embedding``, the padding row of the small table gets no gradient.
     """
 
     def __init__(self, meta: dict[str, Any]) -> None:
@@ -63,33 +72,69 @@ class FactorizedEmbedding(nn.Module):
         assert isinstance(v, int) and isinstance(h, int) and isinstance(e, int)
         if pad is not None and (type(pad) is not int or not 0 <= pad < v):
             raise ValueError(f"FactorizedEmbedding: padding_idx {pad!r} is not a row of {v}")
+        k = meta.get("exact_rows", 0)
+        if type(k) is not int or not 0 <= k <= v:
+            raise ValueError(f"FactorizedEmbedding: exact_rows must be an int in [0, {v}], got {k!r}")
         self.num_embeddings, self.embedding_dim, self.dim, self.padding_idx = v, h, e, pad
+        self.exact_rows = k
         self.meta = {"num_embeddings": v, "embedding_dim": h, "dim": e, "padding_idx": pad}
+        if k:
+            self.meta["exact_rows"] = k
         self.embed = nn.Embedding(v, e, padding_idx=pad)  # [V, E]
         self.project = nn.Linear(e, h, bias=False)  # weight [H, E]
+        self.exact: nn.Embedding | None = None
+        if k:
+            self.exact = nn.Embedding(k + 1, h, padding_idx=k)  # [K + 1, H], row K = 0
+            self.register_buffer("slot", torch.full((v,), k, dtype=torch.int32))  # [V] -> 0..K
 
     @classmethod
-    def from_embedding(cls, emb: nn.Embedding, dim: int,
-                       row_weights: torch.Tensor | None = None) -> FactorizedEmbedding:
-        """Factors of ``emb.weight [V, H]`` at rank ``dim`` (:func:`svd_factors`, optionally row-weighted)."""
+    def from_embedding(cls, emb: nn.Embedding, dim: int, row_weights: torch.Tensor | None = None,
+                       exact_rows: int = 0) -> FactorizedEmbedding:
+        """Factors of ``emb.weight [V, H]`` at rank ``dim`` (:func:`svd_factors`, optionally row-weighted).
+
+        ``exact_rows`` (K) keeps the K rows with the largest ``row_weights`` (ties to the lower
+        id, never the padding row) exact through the residual table; it needs ``row_weights``.
+        """
+        if exact_rows and row_weights is None:
+            raise ValueError("FactorizedEmbedding: exact_rows needs row_weights (token counts) to rank rows")
         w = emb.weight.detach()
         a, b = svd_factors(w, dim, row_weights)  # [V, E], [E, H]
         layer = cls({"num_embeddings": emb.num_embeddings, "embedding_dim": emb.embedding_dim, "dim": dim,
-                     "padding_idx": emb.padding_idx})
+                     "padding_idx": emb.padding_idx, "exact_rows": exact_rows})
         with torch.no_grad():
             layer.embed.weight.copy_(a)
             layer.project.weight.copy_(b.t())
+            if exact_rows and layer.exact is not None and row_weights is not None:
+                rows = top_rows(row_weights, exact_rows, emb.padding_idx)  # [K]
+                layer.slot[rows] = torch.arange(exact_rows, dtype=torch.int32)
+                layer.exact.weight[:exact_rows] = (w - a @ b)[rows]  # the residual: exact W_i
+                layer.exact.weight[exact_rows] = 0
         return layer.to(device=w.device, dtype=w.dtype)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        return self.project(self.embed(ids))  # [..., E] -> [..., H]
+        out = self.project(self.embed(ids))  # [..., E] -> [..., H]
+        if self.exact is not None:
+            out = out + self.exact(self.slot[ids].long())  # [..., H]; zero for the low-rank tail
+        return out
 
     def dense_weight(self) -> torch.Tensor:
         """The ``[V, H]`` table the factors represent (inspection and tests)."""
-        return self.embed.weight @ self.project.weight.t()
+        w = self.embed.weight @ self.project.weight.t()
+        if self.exact is not None:
+            w = w + self.exact.weight[self.slot.long()]
+        return w
 
     def extra_repr(self) -> str:
-        return f"{self.num_embeddings} x {self.dim} x {self.embedding_dim}, padding_idx={self.padding_idx}"
+        exact = f", exact_rows={self.exact_rows}" if self.exact_rows else ""
+        return f"{self.num_embeddings} x {self.dim} x {self.embedding_dim}, padding_idx={self.padding_idx}{exact}"
+
+
+def top_rows(row_weights: torch.Tensor, k: int, skip: int | None = None) -> torch.Tensor:
+    """Indices of the ``k`` largest weights, ties towards the lower index (a stable sort); never ``skip``."""
+    w = row_weights.detach().to(torch.float64).clone()  # [V]
+    if skip is not None:
+        w[skip] = -torch.inf  # the padding row keeps nn.Embedding's no-gradient rule
+    return torch.argsort(-w, stable=True)[:k]  # [k]
 
 
 @method_config
@@ -101,6 +146,8 @@ class FactorizedEmbeddingShare(GateOptions):
     context's data (``data``: unlabelled or calibration batches, at most ``batches`` of
     them; counts + ``smoothing``), so the rank goes to the tokens the task uses. Targets:
     ``nn.Embedding`` tables (by default every one; name them, e.g. ``*word_embeddings``).
+    ``exact_rows`` (K, needs ``init: frequency``) keeps the K most looked-up rows exact
+    through a residual table (costs ``(K + 1) * H`` parameters and a ``[V]`` int32 buffer).
     """
 
     kind = "share.factorized_embedding"
@@ -111,10 +158,14 @@ class FactorizedEmbeddingShare(GateOptions):
     data: Literal["auto", "unlabeled", "calib"] = "auto"
     batches: int | None = None
     smoothing: float = 1.0
+    exact_rows: int = 0
 
     def validate(self) -> None:
         super().validate()
         self._require(self.dim >= 1, "dim", "an int >= 1", self.dim)
+        self._require(self.exact_rows >= 0, "exact_rows", "an int >= 0", self.exact_rows)
+        self._require(self.exact_rows == 0 or self.init == "frequency", "exact_rows",
+                      "0 unless init is 'frequency' (the counts choose the rows)", self.exact_rows)
         self._require(self.batches is None or self.batches >= 1, "batches", "an int >= 1 or null", self.batches)
         self._require(self.smoothing > 0, "smoothing", "a float > 0", self.smoothing)
 
@@ -197,13 +248,16 @@ def factorize_embeddings(model: nn.Module, config: FactorizedEmbeddingShare, tar
         if config.dim >= emb.embedding_dim:
             raise MethodError(f"{config.kind}: dim {config.dim} must be below {name}'s width {emb.embedding_dim} "
                               "(E < H, or nothing is saved)")
+        if config.exact_rows > emb.num_embeddings:
+            raise MethodError(f"{config.kind}: exact_rows {config.exact_rows} exceeds {name}'s "
+                              f"{emb.num_embeddings} rows")
     counts: dict[str, torch.Tensor] = {}
     if config.init == "frequency":
         counts = token_counts(model, [n for n, _ in found], _count_data(config, ctx), config.batches)
 
     def build(_k: int, name: str, emb: nn.Module) -> nn.Module:
         weights = counts[name] + config.smoothing if name in counts else None
-        return FactorizedEmbedding.from_embedding(emb, config.dim, weights)
+        return FactorizedEmbedding.from_embedding(emb, config.dim, weights, config.exact_rows)
 
     kept, decisions = gate_and_swap(model, found, build, ctx, config)
     layers = {name: dict(m.meta) for name, m in kept.items()}
@@ -236,4 +290,4 @@ def replay_factorized(model: nn.Module, record: Record) -> None:
         swap_module(model, name, new.to(dtype=current.weight.dtype))
 
 
-__all__ = ["FactorizedEmbedding", "FactorizedEmbeddingShare", "svd_factors", "token_counts"]
+__all__ = ["FactorizedEmbedding", "FactorizedEmbeddingShare", "svd_factors", "token_counts", "top_rows"]
