@@ -87,9 +87,10 @@ def minilm_embedding(doc: dict[str, Any]) -> None:
         rows.append([name, row.get("word_table_params"), row.get("file_bytes"), row.get("profile_bytes"),
                      _r(st.get("dev")), _r(st.get("test"))])
     a = doc.get("args", {})
-    doc["title"] = f"MiniLM-L6 word embeddings: share.factorized_embedding (E={a.get('dim')}) + distillation"
-    doc["summary"] = (f"distill.embedding {a.get('steps')} steps, lr {a.get('lr')}, batch {a.get('batch')}; "
-                      f"headline: {json.dumps(doc.get('headline', {}))}")
+    exact = f", exact_rows {a['exact_rows']}" if a.get("exact_rows") else ""
+    doc["title"] = f"MiniLM-L6 word embeddings: share.factorized_embedding (E={a.get('dim')}{exact}) + distillation"
+    doc["summary"] = (f"distill.{a.get('objective', 'embedding')} {a.get('steps')} steps, lr {a.get('lr')}, "
+                      f"batch {a.get('batch')}; headline: {json.dumps(doc.get('headline', {}))}")
     doc["tables"] = [{"columns": ["model", "word-table params", "file bytes", "profile bytes", "STS-B dev",
                                   "STS-B test"], "rows": rows}]
 

@@ -97,6 +97,9 @@ def main(argv: list[str]) -> None:
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--exact-rows", type=int, default=0,
                     help="share.factorized_embedding exact_rows: the K most frequent rows stay exact")
+    ap.add_argument("--objective", choices=("embedding", "intermediate"), default="embedding",
+                    help="recovery: distill.embedding (pooled cosine) or distill.intermediate (every block's "
+                         "hidden states, 1:1, plus the pooled cosine)")
     ap.add_argument("--tt-rank", type=int, default=64)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--baselines", action="store_true",
@@ -134,9 +137,12 @@ def main(argv: list[str]) -> None:
                                         "record": slimkit.records(student)[-1].summary}
         log(f"factorized_frequency: {rows['factorized_frequency']}")
         out["recipe"] = recipe.to_dict()
-        distill = Recipe.from_dict({"name": "recover", "steps": [
-            {"kind": "distill.embedding", "with": {"steps": args.steps, "lr": args.lr, "warmup": args.warmup,
-                                                   "dropout": 0.0, "cache_teacher": True, "data": "unlabeled"}}]})
+        loop = {"steps": args.steps, "lr": args.lr, "warmup": args.warmup, "dropout": 0.0, "data": "unlabeled"}
+        step = ({"kind": "distill.embedding", "with": {**loop, "cache_teacher": True}}
+                if args.objective == "embedding" else
+                {"kind": "distill.intermediate", "with": {**loop, "layer_map": "uniform",
+                                                          "matches": [{"what": "hidden"}], "logits": "cosine"}})
+        distill = Recipe.from_dict({"name": "recover", "steps": [step]})
         out["recipe"]["steps"] += distill.to_dict()["steps"]
         ctx.unlabeled_data = list(corpus)[: args.steps]  # one pass: the teacher cache covers only what is used
         t = time.time()
