@@ -1,0 +1,1 @@
+"""Attention conversions and token reduction for transformer encoders (issue 18)."""
