@@ -136,6 +136,10 @@ class TokenPruneEncoder(nn.Module):
         from transformers.masking_utils import create_bidirectional_mask
         from transformers.modeling_outputs import BaseModelOutputWithPastAndCrossAttentions
 
+        if _tracing():
+            raise MethodError(f"{KIND}: a token-pruned model cannot be exported or traced: how many tokens "
+                              "each block keeps depends on the input's real lengths (a data-dependent shape a "
+                              "traced graph would freeze); export before token pruning, or serve it in PyTorch")
         if encoder_hidden_states is not None or cache is not None:
             raise MethodError(f"{KIND}: cross-attention and KV caches are not supported (encoders only)")
         n = len(self.layer)
@@ -167,6 +171,11 @@ class TokenPruneEncoder(nn.Module):
         if pos is not None:
             h = tm.write_back(full, pos, h, alive)
         return BaseModelOutputWithPastAndCrossAttentions(last_hidden_state=h)
+
+
+def _tracing() -> bool:
+    """True under torch.jit tracing, ONNX export or torch.export (torch.compile is allowed: it graph-breaks at the data-dependent counts)."""
+    return bool(torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_exporting())
 
 
 def find_qk(block: nn.Module) -> tuple[str, str]:
@@ -211,7 +220,9 @@ def convert(model: nn.Module, path: str, fractions: list[float], score: str) -> 
 def token_prune(model: nn.Module, config: TokenPruneAttention, targets: Targets, ctx: Context) -> Record:
     lists = find_block_lists(model, targets, KIND)
     if len(lists) != 1 or lists[0].rpartition(".")[2] != "layer" or "." not in lists[0]:
-        raise MethodError(f"{KIND}: expected one HF encoder block list named '<encoder>.layer', found {lists}")
+        raise MethodError(f"{KIND}: expected one HF encoder block list named '<encoder>.layer' (BERT family), "
+                          f"found {lists}; models that loop their blocks inline (e.g. ViT in transformers 5, "
+                          "'layers' on the model itself) and EViT-style token fusion are not supported")
     path = lists[0].rpartition(".")[0]
     n = len(model.get_submodule(lists[0]))
     fractions = tm.schedule(n, config.keep, config.start, config.ratio)
