@@ -193,3 +193,18 @@ def test_vit_is_refused_naming_what_is_unsupported() -> None:
     vit = transformers.ViTModel(cfg, add_pooling_layer=False).eval()
     with pytest.raises(MethodError, match="ViT"):
         prune(vit, keep=(1.0, 0.5, 0.25))
+
+
+def test_distillation_trains_the_pruned_model() -> None:
+    """distill.embedding (the recovery step) runs through the gather/scatter and moves the weights."""
+    from slimkit.core import Recipe
+
+    teacher = SentenceEmbedder(tiny_bert(), pooling="mean").eval()
+    student = SentenceEmbedder(prune(tiny_bert(), keep=(1.0, 0.7, 0.5, 0.3)), pooling="mean")
+    data = [batch([20, 12, 5], seed=s) for s in range(3)]
+    before = student.encoder.encoder.layer[3].output.dense.weight.detach().clone()
+    ctx = Context(unlabeled_data=data, teacher=teacher, progress=False, seed=0)
+    out = Recipe.from_dict({"name": "t", "steps": [{"kind": "distill.embedding", "with": {
+        "steps": 3, "lr": 1e-3, "data": "unlabeled"}}]}).run(student, ctx)
+    assert isinstance(out.encoder.encoder, TokenPruneEncoder)
+    assert not torch.equal(out.encoder.encoder.layer[3].output.dense.weight, before)
