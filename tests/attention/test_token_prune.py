@@ -208,3 +208,17 @@ def test_distillation_trains_the_pruned_model() -> None:
         "steps": 3, "lr": 1e-3, "data": "unlabeled"}}]}).run(student, ctx)
     assert isinstance(out.encoder.encoder, TokenPruneEncoder)
     assert not torch.equal(out.encoder.encoder.layer[3].output.dense.weight, before)
+
+
+def test_composes_with_dynamic_int8_and_restores(tmp_path: Path) -> None:
+    """The blocks are the original modules: quantize.dynamic swaps their Linears, scoring still hooks them."""
+    from slimkit.quantize.ptq import DynamicQuant
+
+    pruned = prune(tiny_bert(), keep=(1.0, 0.6, 0.4, 0.3))
+    q = slimkit.apply(pruned, DynamicQuant(), Targets(types=("Linear",)))
+    x = batch([20, 9])
+    assert block_lengths(q, x) == [20, 12, 8, 6]
+    slimkit.save(q, tmp_path / "q")
+    restored = slimkit.restore(tmp_path / "q", model=lambda: tiny_bert(seed=1))
+    with torch.no_grad():
+        assert torch.equal(restored(**x).last_hidden_state, q(**x).last_hidden_state)
