@@ -47,7 +47,6 @@ from stsb_splits import score  # noqa: E402
 RESULTS = Path(__file__).parent / "results"
 FP32_TEST = 81.03
 CANDIDATES: dict[str, list[float]] = {
-    "gentle": [1.0, 1.0, 0.8, 0.6, 0.5, 0.4],
     "issue": [1.0, 1.0, 0.7, 0.5, 0.4, 0.3],
     "early": [1.0, 0.8, 0.6, 0.45, 0.35, 0.3],
     "steep": [1.0, 0.7, 0.5, 0.35, 0.25, 0.2],
