@@ -146,7 +146,7 @@ def main(argv: list[str]) -> None:
     sp1 = speed(fp32, restored, x1, rounds, 10)
     log(f"batch 1 x 128: {sp1}")
     delta = round(res["test"] - fp32_test, 2)
-    doc["summary"] = (f"Schedule `{keep}` ({args.score} scores; chosen on STS-B dev), distilled {steps} steps: STS-B "
+    doc["summary"] = (f"Schedule `{keep}` ({args.score} scores; {'given by --schedule' if args.schedule else 'chosen on STS-B dev'}), distilled {steps} steps: STS-B "
                       f"test {res['test']} vs fp32 {fp32_test} ({delta:+.2f}); paired speed-up {sp32['speedup']}x at "
                       f"batch 32 x 128 tokens, {sp1['speedup']}x at batch 1 x 128; MACs "
                       f"{macs['fp32'] / macs['pruned']:.2f}x fewer.")
