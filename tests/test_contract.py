@@ -96,6 +96,11 @@ def make_context(data: Callable[[torch.Generator], tuple[Any, Any]], export_dir:
                    loss_fn=loss_fn, progress=False, seed=0, extras={"export_dir": str(export_dir)})
 
 
+# Kinds that change the computation but no weight (attention.token_prune: later blocks process
+# fewer tokens): checked by their outputs changing, not by their state or parameter count.
+COMPUTE_ONLY = {"attention.token_prune"}
+
+
 # -- the contract table --------------------------------------------------------------------------
 # kind -> (model factory name, `with` options (small and fast), targets)
 CNN_WEIGHTS = {"types": ["Conv2d", "Linear"]}
@@ -110,6 +115,7 @@ CONTRACT: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
     "prune.regrow": ("digits_cnn", {"sparsity": 0.6, "steps": 4, "every": 2}, CNN_WEIGHTS),
     "prune.heads": ("tiny_bert", {"heads_per_group": 1, "importance": "head", "calib_batches": 2}, {}),
     "prune.layers": ("tiny_bert", {"drop": [0]}, {}),
+    "attention.token_prune": ("tiny_bert", {"keep": [1.0, 0.5]}, {}),
     "prune.magnitude": ("digits_cnn", {"sparsity": 0.6, "scope": "global"}, CNN_WEIGHTS),
     "prune.merge": ("digits_cnn", {"ratio": 0.25}, {}),
     "prune.movement": ("digits_cnn", {"sparsity": 0.6, "steps": 4, "every": 1}, CNN_WEIGHTS),
@@ -330,10 +336,14 @@ def check_contract(kind: str, factory_name: str, options: dict[str, Any], target
         name = config.to_dict().get("file")  # export configs name the file they write
         assert isinstance(name, str), f"{kind}: an export config needs a `file` option"
         assert (tmp_path / "export" / name).is_file(), f"{kind} wrote no {name} into Context.extras['export_dir']"
+    elif kind in COMPUTE_ONLY:  # no weight changes: what runs does, so the outputs must
+        calib = list(ctx.calib_data)  # type: ignore[arg-type]
+        assert not all(torch.equal(a, b) for a, b in zip(_outputs(model, calib), _outputs(out, calib))), \
+            f"{kind} changed nothing"
     else:
         assert not _same_state(before_state, _state(out)), f"{kind} changed nothing"
     after_params = sum(p.numel() for p in out.parameters())
-    if cls.stage == "shrink":
+    if cls.stage == "shrink" and kind not in COMPUTE_ONLY:
         assert after_params < before_params, f"{kind} is a shrink method but kept {after_params} parameters"
     if cls.stage == "sparsify":
         assert _zeros(out) > before_zeros, f"{kind} is a sparsify method but added no zero weight"

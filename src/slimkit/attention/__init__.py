@@ -7,6 +7,8 @@
 - ``attention.linear`` (:mod:`.linear`, :class:`LinearAttention`): kernelized linear
   attention, Performer FAVOR+ random features or elu+1.
 - the math of both lives in :mod:`.kernels`.
+- ``attention.token_prune`` (:mod:`.token_prune`, math in :mod:`.token_math`): later blocks run
+  on fewer tokens (PoWER-BERT style), the output is full length again.
 """
 from .base import ConvertedAttention, Layout, convert, find_attention, key_padding_mask, replay
 from .linear import LinearAttention, LinearSelfAttention
