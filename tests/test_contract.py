@@ -138,6 +138,7 @@ CONTRACT: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
     "quantize.weight_only": ("digits_cnn", {"bits": 4, "group_size": 8}, LINEARS),
     "train.bn_recalibrate": ("digits_cnn", {"batches": 2}, {}),
     "train.reconstruct": ("digits_cnn", {"calib_batches": 2}, LINEARS),
+    "train.layerdrop": ("tiny_bert", {"steps": 3, "p": 0.5, "objective": "task"}, {}),
     "export.onnx": ("digits_cnn", {"file": "contract.onnx"}, {}),
     "export.pt2e": ("digits_cnn", {"file": "contract.pt2", "calib_batches": 2}, {}),
     "export.openvino": ("digits_cnn", {"file": "contract.xml", "calib_batches": 2}, {}),
@@ -263,6 +264,9 @@ VARIANTS: dict[str, tuple[str, str, dict[str, Any], dict[str, Any]]] = {
         "dim": 8, "init": "frequency", "data": "calib", "batches": 2}, {"include": ["*word_embeddings"]}),
     "channel-input-norm": ("prune.channel", "digits_cnn", {"ratio": 0.5, "importance": "input_norm",
                                                             "calib_batches": 2}, CNN_WEIGHTS),
+    "layerdrop-cnn-linear-embedding": ("train.layerdrop", "digits_cnn", {
+        "steps": 2, "p": 0.5, "drop_schedule": "linear", "objective_options": {"loss": "mse"}},
+        {"types": ["BatchNorm2d"]}),
     "share-layers-group-map-index": ("share.layers", "tiny_bert", {"group_map": [[0, 1]], "init": "index",
                                                                     "index": -1}, {}),
 }
