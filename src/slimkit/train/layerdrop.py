@@ -52,6 +52,7 @@ from ..core import (
     register_replay,
 )
 from ..core.context import first_tensor, forward_batches
+from ..core.modules import find_block_lists
 from ..core.registry import config_class, entry_for
 from . import parallel
 from .engine import task_loss
@@ -113,8 +114,6 @@ def drop_probabilities(n: int, p: float, schedule: str) -> list[float]:
 
 def find_blocks(model: nn.Module, targets: Targets, kind: str) -> list[tuple[str, nn.Module]]:
     """The blocks to skip, in depth order: the blocks of the block list(s), else the modules the targets select."""
-    from ..prune.layers import find_block_lists  # one definition of "a transformer's block list"
-
     explicit = targets != Targets()
     try:
         lists = find_block_lists(model, targets, kind)
