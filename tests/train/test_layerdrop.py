@@ -196,6 +196,35 @@ def test_residual_style_blocks_named_by_targets() -> None:
     assert rec.data["blocks"] == ["1", "2", "3"] and sum(rec.data["skips"]) > 0 and sum(rec.data["runs"]) > 0
 
 
+def test_a_block_returning_a_tuple_is_replaced_by_the_input_first_in_a_tuple() -> None:
+    class Pair(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.f = nn.Linear(8, 8)
+
+        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            return x + self.f(x), self.f.weight.sum()
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.layers = nn.ModuleList([Pair(), Pair()])
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            for layer in self.layers:
+                x = layer(x)[0]
+            return x
+
+    net, x = Net(), torch.randn(3, 8)
+    blocks = find_blocks(net, Targets(), "t")
+    identities = probe_identities(net, blocks, x, "t")
+    assert [n for n, _ in blocks] == ["layers.0", "layers.1"]
+    assert identities[0](x)[0] is x and identities[0](x)[1] is None and len(identities[0](x)) == 2
+    with BlockDropper(blocks, [0.999, 0.999], identities, 0).installed():
+        net.train()
+        assert torch.equal(net(x), x)  # both blocks skipped: the identity
+
+
 def test_errors_are_slimkit_errors() -> None:
     mlp = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
     ctx = Context(example_inputs=torch.randn(2, 4), train_data=[(torch.randn(2, 4), torch.randn(2, 2))],

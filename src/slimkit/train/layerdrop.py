@@ -124,12 +124,15 @@ def find_blocks(model: nn.Module, targets: Targets, kind: str) -> list[tuple[str
                               "(include patterns or types, e.g. types: [BasicBlock])") from None
         lists = []
     if lists:
-        return [(f"{p}.{i}", b) for p in lists for i, b in enumerate(model.get_submodule(p))]
-    chosen = [(n, m) for n, m in targets.iter(model) if n and not isinstance(m, (nn.ModuleList, nn.ModuleDict))]
-    outer = [(n, m) for n, m in chosen if not any(n.startswith(o + ".") for o, _ in chosen)]
-    if not outer:
+        found = [(f"{p}.{i}", b) for p in lists for i, b in enumerate(model.get_submodule(p))]
+    else:
+        chosen = [(n, m) for n, m in targets.iter(model) if n and not isinstance(m, (nn.ModuleList, nn.ModuleDict))]
+        found = [(n, m) for n, m in chosen if not any(n.startswith(o + ".") for o, _ in chosen)]
+    if not found:
         raise MethodError(f"{kind}: targets {targets.to_dict()} select no module to skip")
-    return outer
+    # one entry per module object: a block shared by several positions gets one wrapper, which
+    # draws at every call
+    return [(n, m) for i, (n, m) in enumerate(found) if all(m is not o for _, o in found[:i])]
 
 
 def _block_input(args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.Tensor | None:
@@ -180,7 +183,7 @@ def probe_identities(model: nn.Module, blocks: list[tuple[str, nn.Module]], batc
         if isinstance(y, torch.Tensor):
             out.append(lambda x: x)
         else:
-            n, seq = len(y), type(y)
+            n, seq = len(y), list if isinstance(y, list) else tuple
             out.append(lambda x, n=n, seq=seq: seq((x, *([None] * (n - 1)))))
     return out
 
