@@ -144,6 +144,7 @@ CONTRACT: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
     "quantize.weight_only": ("digits_cnn", {"bits": 4, "group_size": 8}, LINEARS),
     "train.bn_recalibrate": ("digits_cnn", {"batches": 2}, {}),
     "train.reconstruct": ("digits_cnn", {"calib_batches": 2}, LINEARS),
+    "train.layerdrop": ("tiny_bert", {"steps": 3, "p": 0.5, "objective": "task"}, {}),
     "export.onnx": ("digits_cnn", {"file": "contract.onnx"}, {}),
     "export.pt2e": ("digits_cnn", {"file": "contract.pt2", "calib_batches": 2}, {}),
     "export.openvino": ("digits_cnn", {"file": "contract.xml", "calib_batches": 2}, {}),
@@ -277,6 +278,9 @@ VARIANTS: dict[str, tuple[str, str, dict[str, Any], dict[str, Any]]] = {
                                                             "calib_batches": 2}, CNN_WEIGHTS),
     "linformer-vit-style-max-len": ("attention.linformer", "tiny_bert", {"k": 3, "max_len": 12},
                                     {"include": ["encoder.layer.1.*"]}),
+    "layerdrop-cnn-linear-embedding": ("train.layerdrop", "digits_cnn", {
+        "steps": 2, "p": 0.5, "drop_schedule": "linear", "objective_options": {"loss": "mse"}},
+        {"types": ["BatchNorm2d"]}),
     "share-layers-group-map-index": ("share.layers", "tiny_bert", {"group_map": [[0, 1]], "init": "index",
                                                                     "index": -1}, {}),
 }

@@ -44,6 +44,7 @@ from .share import factorized_embedding as _share_factorized_embedding  # noqa: 
 from .share import layers as _share_layers  # noqa: F401
 from .share import structured as _share_structured  # noqa: F401
 from .train import (
+    layerdrop,  # noqa: F401
     reconstruct,  # noqa: F401
     recovery,  # noqa: F401
 )

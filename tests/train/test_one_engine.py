@@ -47,6 +47,8 @@ RUNS: dict[str, tuple[dict[str, Any], dict[str, Any], int]] = {
     # recovery kinds: live in slimkit.train but fit without an optimizer loop
     "train.bn_recalibrate": ({"batches": 2}, {}, 0),
     "train.reconstruct": ({"calib_batches": 2}, {"types": ["Linear"]}, 0),
+    # a training kind: skips blocks (here the CNN's ReLUs, named by targets) while distill.embedding trains
+    "train.layerdrop": ({"steps": 3, "p": 0.5}, {"types": ["ReLU"]}, 1),
 }
 
 

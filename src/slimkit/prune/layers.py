@@ -43,6 +43,7 @@ from ..core import (
     register_replay,
 )
 from ..core.context import first_tensor, forward_batches
+from ..core.modules import find_block_lists
 from ..core.record import index_list
 
 _DEPTH_KEYS = ("num_hidden_layers", "n_layer", "num_layers")
@@ -86,32 +87,6 @@ def kept_blocks(n: int, config: LayerPrune) -> list[int]:
     if not kept:
         raise MethodError(f"{config.kind}: dropping {sorted(dropped)} would remove all {n} blocks")
     return kept
-
-
-def _is_block_list(m: nn.Module) -> bool:
-    return (isinstance(m, nn.ModuleList) and len(m) >= 2 and len({type(b) for b in m}) == 1
-            and any(True for _ in m[0].parameters()))
-
-
-def find_block_lists(model: nn.Module, targets: Targets, kind: str = "prune.layers") -> list[str]:
-    """Names of the block lists to act on (``kind`` names the method in errors).
-
-    With the default targets the outermost candidate must be unique (a full T5 has
-    ``encoder.block`` and ``decoder.block``; lists nested in blocks, e.g. MoE experts,
-    are ignored); a non-default include pattern selects any matching lists.
-    """
-    auto = targets.include == ("*",)
-    names = [name for name, m in targets.iter(model) if _is_block_list(m)]
-    if not auto:
-        if not names:
-            raise MethodError(f"{kind}: targets {list(targets.include)} name no ModuleList of same-class blocks")
-        return names
-    outer = [n for n in names if not any(n != o and n.startswith(o + ".") for o in names)]
-    if not outer:
-        raise MethodError(f"{kind}: found no nn.ModuleList of same-class blocks in the model")
-    if len(outer) > 1:
-        raise MethodError(f"{kind}: several block lists {outer}; name one with Targets(include=(...,))")
-    return outer
 
 
 def _configs_on_path(model: nn.Module, path: str) -> list[Any]:
