@@ -7,6 +7,7 @@ The top-level package installs this module as the registry's catalog loader
 from .distill import intermediate as _distill_intermediate  # noqa: F401
 from .distill import methods as _distill_methods  # noqa: F401
 from .distill import strategy_kinds as _distill_strategy_kinds  # noqa: F401
+from .dynamic import early_exit as _dynamic_early_exit  # noqa: F401
 from .export import (
     onnx,  # noqa: F401
     openvino,  # noqa: F401

@@ -45,7 +45,8 @@ class Entry:
 # Kinds renamed when kind names were made consistent (one ``_`` between words); records
 # and recipes written before still resolve.
 KIND_ALIASES: dict[str, str] = {"prune.grow-prune": "prune.regrow", "quantize.fold-bn": "quantize.fold_bn",
-                                 "share.factorized-embedding": "share.factorized_embedding"}
+                                 "share.factorized-embedding": "share.factorized_embedding",
+                                 "dynamic.early-exit": "dynamic.early_exit"}
 
 _BY_CLASS: dict[type, Entry] = {}
 _BY_KIND: dict[str, type[MethodConfig]] = {}
