@@ -17,6 +17,11 @@ a batch is only as fast as its hardest row. Rows never interact inside an encode
 row's logits and exit block are the same as when it is run alone (up to float rounding).
 Dropping exited rows from the batch ("compaction") would need the host forward's hidden
 tensor, which the encoder loop owns; it is not done.
+
+Export: the exit decision is data-dependent control flow, which a static graph (ONNX,
+torch.export) cannot hold. Tracing a model whose exits are on raises a :class:`MethodError`;
+with ``model.exit_settings.enabled = False`` the full-depth model exports (the original
+logits; the exit heads are not in the graph). Training mode always runs every block.
 """
 from __future__ import annotations
 
@@ -140,6 +145,8 @@ class ExitRun:
 
     def __init__(self, heads: ExitHeads, settings: ExitSettings, mask: torch.Tensor | None, *,
                  collect: bool = False) -> None:
+        if mask is not None and bool(mask.all()):
+            mask = None  # no padding (every batch-1 request): a plain mean, fewer ops per block
         self.heads, self.settings, self.mask, self.collect = heads, settings, mask, collect
         self.collected: list[torch.Tensor] = []  # collect mode: [B, C] per exit head, with grad
         self.exited: torch.Tensor | None = None  # [B] bool
@@ -152,7 +159,7 @@ class ExitRun:
     def observe(self, i: int, out: Any) -> bool:
         """Score block ``i``'s output; True when every row has exited (stop running blocks)."""
         self.blocks_run = i + 1
-        hidden = first_tensor(out)
+        hidden = out if isinstance(out, torch.Tensor) else first_tensor(out)
         if hidden is None or hidden.dim() != 3:
             raise MethodError(f"{KIND}: block {i} returned {type(out).__name__} without a [B, T, H] hidden state")
         logits = self.heads[i](pool(hidden, self.mask, self.settings.pooling))  # [B, C]
@@ -165,6 +172,12 @@ class ExitRun:
             self.logits = torch.zeros_like(logits)
             self.layer = torch.zeros(b, dtype=torch.long)
             self.streak = torch.zeros(b, dtype=torch.long, device=logits.device)
+        if b == 1:  # batch 1: one decision, one sync, no bookkeeping across rows
+            if not bool(self._decide(logits)):
+                return False
+            self.exited.fill_(True)
+            self.logits, self.layer[0] = logits, i + 1
+            return True
         new = self._decide(logits) & ~self.exited  # [B]
         if bool(new.any()):
             assert self.logits is not None and self.layer is not None
@@ -175,8 +188,9 @@ class ExitRun:
 
     def _decide(self, logits: torch.Tensor) -> torch.Tensor:
         s = self.settings
-        if s.criterion == "entropy":
-            return normalized_entropy(logits) < s.threshold
+        if s.criterion == "entropy":  # entropy / log C < threshold, without the division
+            logp = torch.log_softmax(logits.float(), dim=-1)  # [B, C]
+            return (logp.exp() * logp).sum(-1) > -s.threshold * math.log(logits.shape[-1])
         pred = logits.argmax(-1)  # [B]
         assert self.streak is not None
         if self.prev is not None:
@@ -218,8 +232,13 @@ def _exit_forward(self: nn.Module, *args: Any, **kwargs: Any) -> Any:
     """The exit-aware forward of every :func:`exit_class` (``self`` is the wrapped model)."""
     base = self.__dict__["_exit_base"]
     settings: ExitSettings = self.__dict__["exit_settings"]
-    if self.training or not settings.enabled or _tracing():
-        return base.forward(self, *args, **kwargs)  # full depth (training, exits off, export)
+    if self.training or not settings.enabled:
+        return base.forward(self, *args, **kwargs)  # full depth (training, exits off)
+    if _tracing():
+        raise MethodError(f"{KIND}: cannot export or trace a model whose exits are on: the exit decision is "
+                          "data-dependent control flow a static graph cannot hold. Set "
+                          "model.exit_settings.enabled = False to export the full-depth model (the original "
+                          "logits; the exit heads are left out of the graph)")
     run = ExitRun(self.exit_heads, settings, attention_mask(base, self, args, kwargs))
     blocks = exit_blocks(self)
     blocks.__dict__["_exit_run"] = run
@@ -264,7 +283,12 @@ def collect_exits(model: nn.Module, *args: Any, **kwargs: Any) -> tuple[list[tor
 
 
 def _tracing() -> bool:
-    return bool(torch.jit.is_tracing() or torch.compiler.is_compiling() or torch.onnx.is_in_onnx_export())
+    """True under TorchScript tracing, ONNX export, torch.export / dynamo and FX symbolic tracing."""
+    from torch.fx._symbolic_trace import is_fx_tracing
+
+    exporting = getattr(torch.compiler, "is_exporting", lambda: False)
+    return bool(torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling()
+                or exporting() or is_fx_tracing())
 
 
 def attention_mask(base: type, model: nn.Module, args: tuple, kwargs: dict) -> torch.Tensor | None:
