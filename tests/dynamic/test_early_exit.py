@@ -192,3 +192,16 @@ def test_export_refuses_live_exits_and_exports_the_full_depth_model(tmp_path: Pa
 
 def test_hyphenated_kind_resolves() -> None:
     assert config_class("dynamic.early-exit") is EarlyExitDynamic
+
+
+def test_profile_counts_the_blocks_an_input_ran() -> None:
+    from slimkit.measure import profile
+
+    model, early, batches = _early(threshold=0.0)
+    x = {k: v[:1] for k, v in batches[0][0].items()}
+    full, every_block = profile(model, x).macs, profile(early, x).macs
+    head_macs = sum(p.numel() for n, p in early.exit_heads.named_parameters() if n.endswith("weight"))  # batch 1
+    assert every_block == full + head_macs  # both exit heads ran, no exit
+    early.exit_settings.threshold = 1.0
+    first = profile(early, x).macs  # block 1 and its head, then the model's own (tiny) head
+    assert first < 0.5 * full  # 1 of 3 blocks (the blocks are nearly all of the MACs)
