@@ -284,7 +284,9 @@ def collect_exits(model: nn.Module, *args: Any, **kwargs: Any) -> tuple[list[tor
 
 def _tracing() -> bool:
     """True under TorchScript tracing, ONNX export, torch.export / dynamo and FX symbolic tracing."""
-    from torch.fx._symbolic_trace import is_fx_tracing
+    from torch.fx import _symbolic_trace as fx
+
+    is_fx_tracing = getattr(fx, "is_fx_symbolic_tracing", fx.is_fx_tracing)  # the latter warns in torch 2.13
 
     exporting = getattr(torch.compiler, "is_exporting", lambda: False)
     return bool(torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling()
