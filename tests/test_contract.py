@@ -61,6 +61,20 @@ def tiny_bert(seed: int = 0) -> nn.Module:
     return transformers.BertModel(config).eval()
 
 
+def tiny_bert_classifier(seed: int = 0) -> nn.Module:
+    """Random 2-layer ``BertForSequenceClassification`` (hidden 32, 2 classes) built offline."""
+    import transformers
+
+    torch.manual_seed(seed)
+    config = transformers.BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                     intermediate_size=48, max_position_embeddings=16, num_labels=2)
+    return transformers.BertForSequenceClassification(config).eval()
+
+
+def _classifier_data(gen: torch.Generator) -> tuple[Any, Any]:
+    return {"input_ids": torch.randint(0, 50, (2, 6), generator=gen)}, torch.randint(0, 2, (2,), generator=gen)
+
+
 def _cnn_data(gen: torch.Generator) -> tuple[Any, Any]:
     return torch.randn(4, 1, 8, 8, generator=gen), torch.randint(0, 10, (4,), generator=gen)
 
@@ -72,11 +86,14 @@ def _bert_data(gen: torch.Generator) -> tuple[Any, Any]:
 FACTORIES: dict[str, tuple[Callable[[int], nn.Module], Callable[[torch.Generator], tuple[Any, Any]]]] = {
     "digits_cnn": (digits_cnn, _cnn_data),
     "tiny_bert": (tiny_bert, _bert_data),
+    "tiny_bert_classifier": (tiny_bert_classifier, _classifier_data),
 }
 
 
 def _first_output(out: Any) -> torch.Tensor:
-    return out if isinstance(out, torch.Tensor) else out.last_hidden_state[:, 0]
+    if isinstance(out, torch.Tensor):
+        return out
+    return out.logits if "logits" in out else out.last_hidden_state[:, 0]
 
 
 def loss_fn(model: nn.Module, batch: Any) -> torch.Tensor:
@@ -165,6 +182,7 @@ CONTRACT: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
     # favor: the random features are a saved buffer (elu+1 adds no state, so "changed something" cannot see it;
     # tests/attention covers it)
     "attention.linear": ("tiny_bert", {"feature_map": "favor", "features": 8, "seed": 1}, {}),
+    "dynamic.early_exit": ("tiny_bert_classifier", {"steps": 2, "threshold": 0.5}, {}),
 }
 
 KINDS = slimkit.kinds()  # at collection time: every registered method gets a test
@@ -283,6 +301,8 @@ VARIANTS: dict[str, tuple[str, str, dict[str, Any], dict[str, Any]]] = {
         {"types": ["BatchNorm2d"]}),
     "share-layers-group-map-index": ("share.layers", "tiny_bert", {"group_map": [[0, 1]], "init": "index",
                                                                     "index": -1}, {}),
+    "early-exit-patience-cls-linear": ("dynamic.early_exit", "tiny_bert_classifier", {
+        "steps": 2, "criterion": "patience", "exit_patience": 1, "pooling": "cls", "head_hidden": 0}, {}),
 }
 
 

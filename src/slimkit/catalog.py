@@ -10,6 +10,7 @@ from .attention import token_prune as _attention_token_prune  # noqa: F401
 from .distill import intermediate as _distill_intermediate  # noqa: F401
 from .distill import methods as _distill_methods  # noqa: F401
 from .distill import strategy_kinds as _distill_strategy_kinds  # noqa: F401
+from .dynamic import early_exit as _dynamic_early_exit  # noqa: F401
 from .export import (
     onnx,  # noqa: F401
     openvino,  # noqa: F401

@@ -49,6 +49,7 @@ RUNS: dict[str, tuple[dict[str, Any], dict[str, Any], int]] = {
     "train.reconstruct": ({"calib_batches": 2}, {"types": ["Linear"]}, 0),
     # a training kind: skips blocks (here the CNN's ReLUs, named by targets) while distill.embedding trains
     "train.layerdrop": ({"steps": 3, "p": 0.5}, {"types": ["ReLU"]}, 1),
+    "dynamic.early_exit": ({"steps": 3}, {}, 1),  # on the tiny BERT classifier (MODELS)
 }
 
 
@@ -74,6 +75,23 @@ def _ctx(n: int = 3) -> Context:
     batches = [(torch.randn(8, 1, 8, 8, generator=g), torch.randint(0, 10, (8,), generator=g)) for _ in range(n)]
     return Context(example_inputs=batches[0][0], calib_data=[b[0] for b in batches], train_data=batches,
                    loss_fn=_loss, teacher=_cnn(2), progress=False, seed=0)
+
+
+def _bert_classifier() -> nn.Module:
+    from tests.dynamic.models import tiny_bert_classifier
+
+    return tiny_bert_classifier()
+
+
+def _text_ctx() -> Context:
+    from tests.dynamic.models import text_batches
+
+    batches = text_batches()
+    return Context(example_inputs=batches[0][0], train_data=batches, progress=False, seed=0)
+
+
+# kinds that need another model than the tiny CNN: kind -> (model factory, context factory)
+MODELS: dict[str, tuple[Any, Any]] = {"dynamic.early_exit": (_bert_classifier, _text_ctx)}
 
 
 def _recipe(kind: str, options: dict[str, Any], targets: dict[str, Any]) -> Recipe:
@@ -115,7 +133,8 @@ def test_every_training_kind_is_in_the_table() -> None:
 def test_kind_trains_through_the_engine_only(kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
     options, targets, runs = RUNS[kind]
     spy = Spy(monkeypatch)
-    out = _recipe(kind, options, targets).run(_cnn(), _ctx())
+    model_fn, ctx_fn = MODELS.get(kind, (_cnn, _ctx))
+    out = _recipe(kind, options, targets).run(model_fn(), ctx_fn())
     assert [r.kind for r in slimkit.records(out)] == [kind]
     assert len(spy.results) == runs, f"{kind}: {len(spy.results)} engine runs, expected {runs}"
     assert all(r.steps > 0 and len(r.losses) == r.steps for r in spy.results)

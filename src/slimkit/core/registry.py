@@ -46,7 +46,8 @@ class Entry:
 # and recipes written before still resolve.
 KIND_ALIASES: dict[str, str] = {"prune.grow-prune": "prune.regrow", "quantize.fold-bn": "quantize.fold_bn",
                                  "share.factorized-embedding": "share.factorized_embedding",
-                                 "attention.token-prune": "attention.token_prune"}
+                                 "attention.token-prune": "attention.token_prune",
+                                 "dynamic.early-exit": "dynamic.early_exit"}
 
 _BY_CLASS: dict[type, Entry] = {}
 _BY_KIND: dict[str, type[MethodConfig]] = {}
