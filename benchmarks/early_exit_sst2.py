@@ -108,7 +108,6 @@ def all_logits(model: nn.Module, tok: TextTokenizer, texts: list[str]) -> torch.
 
 def simulate(logits: torch.Tensor, labels: torch.Tensor, threshold: float) -> tuple[float, float]:
     """Accuracy and mean blocks of the entropy rule at ``threshold`` (first head below it; else the last layer)."""
-    n_layers = logits.shape[0]
     ent = torch.stack([normalized_entropy(lg) for lg in logits[:-1]])  # [L-1, N]
     below = torch.cat([ent < threshold, torch.ones(1, logits.shape[1], dtype=torch.bool)])  # [L, N]
     layer = below.float().argmax(0)  # first True
