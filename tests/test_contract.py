@@ -154,6 +154,7 @@ CONTRACT: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
     "lowrank.tt": ("tiny_bert", {"d": 2, "max_rank": 4}, {"include": ["*word_embeddings", "*intermediate.dense"]}),
     "share.factorized_embedding": ("tiny_bert", {"dim": 8}, {"include": ["*word_embeddings"]}),
     "share.layers": ("tiny_bert", {"groups": 1}, {}),
+    "attention.window": ("tiny_bert", {"window": 1, "global_tokens": [0]}, {}),
 }
 
 KINDS = slimkit.kinds()  # at collection time: every registered method gets a test
@@ -265,6 +266,7 @@ VARIANTS: dict[str, tuple[str, str, dict[str, Any], dict[str, Any]]] = {
                                                             "calib_batches": 2}, CNN_WEIGHTS),
     "share-layers-group-map-index": ("share.layers", "tiny_bert", {"group_map": [[0, 1]], "init": "index",
                                                                     "index": -1}, {}),
+    "window-no-global-tokens": ("attention.window", "tiny_bert", {"window": 2, "global_tokens": []}, {}),
 }
 
 

@@ -13,7 +13,7 @@ from slimkit.core.registry import KIND_ALIASES
 from slimkit.prune import MagnitudePrune
 
 FAMILY_SUFFIX = {"prune": "Prune", "quantize": "Quant", "distill": "Distill", "export": "Export", "train": "Train",
-                 "lowrank": "Lowrank", "share": "Share"}
+                 "lowrank": "Lowrank", "share": "Share", "attention": "Attention"}
 
 
 def test_kind_names_use_one_separator_and_classes_one_pattern() -> None:
