@@ -19,7 +19,7 @@ def _qkv(b: int, h: int, n: int, d: int, seed: int = 0) -> tuple[torch.Tensor, .
 
 
 @pytest.mark.parametrize("n,w,glob", [(16, 4, ()), (17, 4, ()), (5, 8, ()), (23, 3, (0,)),
-                                      (20, 4, (0, 7, 19)), (9, 2, (0, 100))])
+                                      (20, 4, (0, 7, 19)), (9, 2, (0, 100)), (6, 2, ()), (10, 3, (4,))])
 def test_blockwise_matches_dense(n: int, w: int, glob: tuple[int, ...]) -> None:
     q, k, v = _qkv(2, 3, n, 8, seed=n * 10 + w)
     got = window_attention(q, k, v, w, global_tokens=glob)
@@ -60,3 +60,15 @@ def test_cost_grows_linearly() -> None:
     assert 3.9 < b / a < 4.1
     dense = 2 * 4096 * 4096 * 32 * 12
     assert b < dense / 8
+
+
+def test_short_inputs_take_the_dense_path_with_the_same_pattern() -> None:
+    """n <= 3w + g: one dense masked call (cheaper than a slab), same result, padding too."""
+    q, k, v = _qkv(2, 2, 8, 4, seed=9)
+    valid = torch.ones(2, 8, dtype=torch.bool)
+    valid[1, 5:] = False
+    got = window_attention(q, k, v, 3, key_valid=valid)  # 8 <= 9: dense path, band still applies
+    ref = dense_window_attention(q, k, v, 3, key_valid=valid)
+    torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
+    assert window_macs(8, 3, 0, 4, 2) == 2 * 2 * 8 * 8 * 4
+    assert window_macs(40, 3, 0, 4, 2) < 2 * 2 * 40 * 40 * 4

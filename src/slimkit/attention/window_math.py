@@ -58,7 +58,10 @@ def window_attention(
 
     ``q``, ``k``, ``v``: ``[B, H, n, d]``. ``key_valid``: ``[B, n]`` bool (False = padding),
     None = all valid. ``global_tokens``: positions (>= 0); those at or past ``n`` are ignored
-    so a short input still works. ``n`` need not be a multiple of ``window``. A query whose
+    so a short input still works. ``n`` need not be a multiple of ``window``. When the input
+    is no longer than one slab (``n <= 3w + g``) the blockwise layout would do MORE work than
+    the dense matrix, so the same pattern is applied as one dense masked SDPA call (with no
+    mask at all when the window covers everything: short inputs cost what they did). A query whose
     window holds only padding (a padding token far from real text) also sees itself, so no
     row is empty and no NaN can leak into the next layer; real tokens never see padding.
     """
@@ -67,10 +70,18 @@ def window_attention(
     glob = sorted({int(g) for g in global_tokens if 0 <= int(g) < n})
     g = len(glob)
     dev = q.device
+    key_valid_given = key_valid is not None
     if key_valid is None:
         key_valid = torch.ones(bsz, n, dtype=torch.bool, device=dev)
     key_valid = key_valid.to(torch.bool)
     p = dropout if training else 0.0
+    if n <= 3 * w + g:
+        # a single slab would span the whole input: one dense masked call does less work, exactly
+        if w >= n - 1 and not key_valid_given:
+            return F.scaled_dot_product_attention(q, k, v, dropout_p=p, scale=scaling)  # the full attention
+        allowed = dense_window_mask(n, w, glob, dev)[None, None] & key_valid[:, None, None, :]  # [B, 1, n, n]
+        allowed = allowed | torch.eye(n, dtype=torch.bool, device=dev)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, dropout_p=p, scale=scaling)
 
     nb = -(-n // w)                                   # query blocks
     pad_r = nb * w - n                                # right padding to whole blocks
@@ -168,7 +179,9 @@ def window_macs(n: int, window: int, n_global: int, head_dim: int, heads: int) -
     What the blockwise kernel really does: ``nb * w`` padded queries each against a ``3w``
     slab plus the global columns, twice (QK^T and PV), plus the ``g`` dense global rows.
     """
-    nb = -(-n // window)
     g = min(n_global, n)
+    if n <= 3 * window + g:  # the short-input path: one dense masked call
+        return heads * 2 * n * n * head_dim
+    nb = -(-n // window)
     per_head = 2 * nb * window * (3 * window + g) * head_dim + 2 * g * n * head_dim
     return heads * per_head
