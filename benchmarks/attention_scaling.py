@@ -18,6 +18,7 @@ The input is real text: the STS-B test sentences joined into one document and to
 without truncation, cut to ``n`` tokens between [CLS] and [SEP].
 
     python benchmarks/attention_scaling.py                      # full run (take the heavy lock)
+    python benchmarks/attention_scaling.py --kinds attention.linear --merge   # add a kind to the file
     python benchmarks/attention_scaling.py --smoke              # plumbing: tiny lengths, no files
 """
 from __future__ import annotations
@@ -157,6 +158,8 @@ def main(argv: list[str]) -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--macs-at", type=int, nargs="*", default=[512, 4096], help="lengths to profile MACs at")
     ap.add_argument("--name", default="attention_scaling")
+    ap.add_argument("--merge", action="store_true",
+                    help="keep the other kinds' rows of an existing result file (same lengths) and add/replace these")
     ap.add_argument("--smoke", action="store_true", help="plumbing only: lengths 64 128, 1 round, no files")
     args = ap.parse_args(argv)
     if args.smoke:
@@ -214,6 +217,19 @@ def main(argv: list[str]) -> None:
                 f"{r['speedup_p25']:.2f}-{r['speedup_p75']:.2f}); attention module {r['attn_orig_ms']:.2f} -> "
                 f"{r['attn_conv_ms']:.2f} ms ({r['attn_speedup']:.2f}x)" + (f"; MACs {macs[0]:,} -> {macs[1]:,}" if macs else ""))
 
+    commands = [cmd]
+    path = RESULTS / f"{args.name}.json"
+    if args.merge and path.is_file() and not args.smoke:
+        # each kind is paired with its own timing of the original, so runs of different kinds combine
+        old = json.loads(path.read_text())
+        if old.get("lengths") != lengths:
+            raise SystemExit(f"--merge: {path} was measured at {old.get('lengths')}, not {lengths}")
+        keep = [k for k in old.get("options", {}) if k not in kinds]
+        rows = [r for r in old["rows"] if r["kind"] in keep] + rows
+        options.update({k: old["options"][k] for k in keep})
+        kinds = keep + kinds
+        commands = [c for c in old.get("commands", [old.get("command")]) if c] + [cmd]
+        notes = [x for x in old.get("run_notes", []) if not any(x.startswith(k + ":") for k in kinds)] + notes
     summary = summarise(rows, kinds, lengths)
     isa = int8_isa()
     table_whole = {"caption": "whole MiniLM sentence embedder, batch 1, eager fp32: median ms (paired ratio, p25-p75)",
@@ -236,6 +252,15 @@ def main(argv: list[str]) -> None:
                              round(summary[kinds[0]]["orig_growth_last_doubling"], 2)]]
                    + [[k, round(summary[k]["slope_ms_per_1k_tokens"], 1), round(summary[k]["growth_last_doubling"], 2)]
                       for k in kinds]}
+    macs_rows = []
+    for n in lengths:
+        by = {r["kind"]: r for r in rows if r["n"] == n and r["macs_orig"]}
+        if by:
+            anyr = next(iter(by.values()))
+            macs_rows.append([n, round(anyr["macs_orig"] / 1e9, 2)] + [
+                round(by[k]["macs_conv"] / 1e9, 2) if k in by else None for k in kinds])
+    table_macs = {"caption": "GMACs of one forward (slimkit.measure.profile)",
+                  "columns": ["tokens", "original"] + list(kinds), "rows": macs_rows}
     top = lengths[-1]
     head = ", ".join(f"{k} {summary[k]['speedup_at_max']:.2f}x whole / {summary[k]['attn_speedup_at_max']:.2f}x "
                      f"attention" for k in kinds)
@@ -243,11 +268,12 @@ def main(argv: list[str]) -> None:
         "title": "Attention scaling: speed versus sequence length (MiniLM, batch 1)",
         "date": datetime.date.today().isoformat(),
         "machine": f"{platform.machine()}, {args.threads} threads, torch {torch.__version__}",
-        "cpu": isa.cpu_model, "int8_isa": isa.to_dict(), "threads": args.threads, "command": cmd,
+        "cpu": isa.cpu_model, "int8_isa": isa.to_dict(), "threads": args.threads, "command": " ; ".join(commands),
+        "commands": commands, "run_notes": notes,
         "options": {k: options[k] for k in kinds}, "lengths": lengths, "rows": rows, "headline": summary,
         "summary": (f"At {top} tokens (speed-up of the converted model over the original, paired medians): {head}. "
                     "Eager PyTorch fp32, positions extended by copying."),
-        "tables": [table_whole, table_attn, table_slope],
+        "tables": [table_whole, table_attn, table_slope, table_macs],
         "notes": notes + [
             "Runtime: eager PyTorch fp32 (slimkit.save / restore serve this); no export row.",
             "Original: dense SDPA (transformers' default attention) with 512 positions copied to the longest length; "
@@ -263,7 +289,7 @@ def main(argv: list[str]) -> None:
     note = plot(rows, kinds, RESULTS / f"{args.name}.png")
     if note:
         out["notes"].append(note)
-    (RESULTS / f"{args.name}.json").write_text(json.dumps(out, indent=1) + "\n")
+    path.write_text(json.dumps(out, indent=1) + "\n")
     log(f"wrote {RESULTS / (args.name + '.json')}")
     print(out["summary"])
 
