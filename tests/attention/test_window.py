@@ -157,3 +157,23 @@ def test_targets_select_layers() -> None:
     conv = slimkit.apply(_bert(), WindowAttention(window=3), Targets(include=["encoder.layer.0.*"]))
     assert isinstance(conv.encoder.layer[0].attention.self, WindowSelfAttention)
     assert not isinstance(conv.encoder.layer[1].attention.self, WindowSelfAttention)
+
+
+@pytest.mark.slow
+def test_onnx_graph_traced_once_serves_every_length(tmp_path: Path) -> None:
+    """export.onnx (auto: no BERT fusion for a converted attention) at 22 tokens; ORT at other lengths."""
+    from slimkit.export.onnx import OnnxExport, OrtModel
+    from slimkit.core import Context
+
+    conv = slimkit.apply(_bert(), WindowAttention(window=3, global_tokens=(0,)))
+    ids = torch.randint(1, 60, (2, 22), generator=torch.Generator().manual_seed(0))
+    ctx = Context(example_inputs={"input_ids": ids, "attention_mask": torch.ones_like(ids)},
+                  extras={"export_dir": str(tmp_path)})
+    out = slimkit.apply(conv, OnnxExport(int8="none"), Targets(), ctx)
+    assert slimkit.records(out)[-1].summary["max_abs_diff_float"] < 1e-4
+    ort_model = OrtModel(tmp_path / "model.onnx")
+    for n in (8, 13, 30):  # shorter than a slab, not a multiple of the window, longer
+        x = {"input_ids": torch.randint(1, 60, (1, n), generator=torch.Generator().manual_seed(n)),
+             "attention_mask": torch.ones(1, n, dtype=torch.long)}
+        got = ort_model(**x)
+        torch.testing.assert_close(torch.as_tensor(got), _hidden(conv, x), atol=1e-4, rtol=1e-4)

@@ -61,7 +61,9 @@ def window_attention(
     so a short input still works. ``n`` need not be a multiple of ``window``. When the input
     is no longer than one slab (``n <= 3w + g``) the blockwise layout would do MORE work than
     the dense matrix, so the same pattern is applied as one dense masked SDPA call (with no
-    mask at all when the window covers everything: short inputs cost what they did). A query whose
+    mask at all when the window covers everything: short inputs cost what they did). ONNX
+    export always traces the blockwise path, whose graph serves any length; the dense
+    shortcut, traced, would only serve inputs on its side of the switch. A query whose
     window holds only padding (a padding token far from real text) also sees itself, so no
     row is empty and no NaN can leak into the next layer; real tokens never see padding.
     """
@@ -75,7 +77,7 @@ def window_attention(
         key_valid = torch.ones(bsz, n, dtype=torch.bool, device=dev)
     key_valid = key_valid.to(torch.bool)
     p = dropout if training else 0.0
-    if n <= 3 * w + g:
+    if n <= 3 * w + g and not torch.onnx.is_in_onnx_export():
         # a single slab would span the whole input: one dense masked call does less work, exactly
         if w >= n - 1 and not key_valid_given:
             return F.scaled_dot_product_attention(q, k, v, dropout_p=p, scale=scaling)  # the full attention
@@ -83,24 +85,24 @@ def window_attention(
         allowed = allowed | torch.eye(n, dtype=torch.bool, device=dev)
         return F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, dropout_p=p, scale=scaling)
 
-    nb = -(-n // w)                                   # query blocks
-    pad_r = nb * w - n                                # right padding to whole blocks
+    nb = (n + w - 1) // w                             # query blocks (no negative floor division: ONNX truncates)
     # token-major views ([B, n, H, d]) so a block of rows is one contiguous slice
     qt, kt, vt = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
-    kp = F.pad(kt, (0, 0, 0, 0, w, w + pad_r))        # [B, (nb + 2) w, H, d]
-    vp = F.pad(vt, (0, 0, 0, 0, w, w + pad_r))        # [B, (nb + 2) w, H, d]
+    # constant pads then a slice (not a pad of pad_r): a traced ONNX graph then serves every length
+    kp = F.pad(kt, (0, 0, 0, 0, w, 2 * w))[:, : (nb + 2) * w]   # [B, (nb + 2) w, H, d]
+    vp = F.pad(vt, (0, 0, 0, 0, w, 2 * w))[:, : (nb + 2) * w]   # [B, (nb + 2) w, H, d]
     # key index of every block: its 3w slab (block-1, block, block+1 in padded coords), then the globals
     idx = slab_index(nb, w, glob, dev)                # [nb * (3w + g)]
-    kb = kp.index_select(1, idx).view(bsz, nb, 3 * w + g, heads, d).transpose(2, 3)  # [B, nb, H, 3w+g, d]
-    vb = vp.index_select(1, idx).view(bsz, nb, 3 * w + g, heads, d).transpose(2, 3)  # [B, nb, H, 3w+g, d]
-    qb = F.pad(qt, (0, 0, 0, 0, 0, pad_r)).view(bsz, nb, w, heads, d).transpose(2, 3)  # [B, nb, H, w, d]
+    kb = kp.index_select(1, idx).reshape(bsz, nb, 3 * w + g, heads, d).transpose(2, 3)  # [B, nb, H, 3w+g, d]
+    vb = vp.index_select(1, idx).reshape(bsz, nb, 3 * w + g, heads, d).transpose(2, 3)  # [B, nb, H, 3w+g, d]
+    qb = F.pad(qt, (0, 0, 0, 0, 0, w))[:, : nb * w].reshape(bsz, nb, w, heads, d).transpose(2, 3)  # [B, nb, H, w, d]
 
     local_ok = key_valid
     if glob:  # a global key is attended through its own column, not a second time in the slab
         is_glob = torch.zeros(n, dtype=torch.bool, device=dev)
         is_glob[glob] = True
         local_ok = local_ok & ~is_glob                                           # [B, n]
-    okp = F.pad(local_ok, (w, w + pad_r), value=False)                           # [B, (nb + 2) w]
+    okp = F.pad(local_ok, (w, 2 * w), value=False)[:, : (nb + 2) * w]            # [B, (nb + 2) w]
     keys_ok = okp.index_select(1, idx).view(bsz, nb, 3 * w + g)                  # [B, nb, 3w+g]
     if glob:  # the global columns read the real validity (the slab copy of them is masked)
         keys_ok = torch.cat([keys_ok[..., : 3 * w], key_valid[:, None, glob].expand(bsz, nb, g)], dim=-1)
@@ -182,6 +184,6 @@ def window_macs(n: int, window: int, n_global: int, head_dim: int, heads: int) -
     g = min(n_global, n)
     if n <= 3 * window + g:  # the short-input path: one dense masked call
         return heads * 2 * n * n * head_dim
-    nb = -(-n // window)
+    nb = (n + window - 1) // window
     per_head = 2 * nb * window * (3 * window + g) * head_dim + 2 * g * n * head_dim
     return heads * per_head
