@@ -177,3 +177,17 @@ def test_onnx_graph_traced_once_serves_every_length(tmp_path: Path) -> None:
              "attention_mask": torch.ones(1, n, dtype=torch.long)}
         got = ort_model(**x)
         torch.testing.assert_close(torch.as_tensor(got), _hidden(conv, x), atol=1e-4, rtol=1e-4)
+
+
+def test_vit_converts_and_a_wide_window_is_the_original() -> None:
+    torch.manual_seed(0)
+    cfg = transformers.ViTConfig(image_size=16, patch_size=4, num_channels=3, hidden_size=32, num_hidden_layers=2,
+                                 num_attention_heads=4, intermediate_size=64)
+    vit = transformers.ViTModel(cfg, add_pooling_layer=False).eval()
+    x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    wide = slimkit.apply(vit, WindowAttention(window=16))  # 17 tokens: the band covers them all
+    narrow = slimkit.apply(vit, WindowAttention(window=2))
+    with torch.no_grad():
+        want = vit(pixel_values=x).last_hidden_state
+        torch.testing.assert_close(wide(pixel_values=x).last_hidden_state, want, atol=2e-5, rtol=1e-4)
+        assert not torch.allclose(narrow(pixel_values=x).last_hidden_state, want, atol=1e-3)
