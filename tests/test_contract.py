@@ -154,6 +154,10 @@ CONTRACT: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
     "lowrank.tt": ("tiny_bert", {"d": 2, "max_rank": 4}, {"include": ["*word_embeddings", "*intermediate.dense"]}),
     "share.factorized_embedding": ("tiny_bert", {"dim": 8}, {"include": ["*word_embeddings"]}),
     "share.layers": ("tiny_bert", {"groups": 1}, {}),
+    "attention.linformer": ("tiny_bert", {"k": 4}, {}),
+    # favor: the random features are a saved buffer (elu+1 adds no state, so "changed something" cannot see it;
+    # tests/attention covers it)
+    "attention.linear": ("tiny_bert", {"feature_map": "favor", "features": 8, "seed": 1}, {}),
     "attention.window": ("tiny_bert", {"window": 1, "global_tokens": [0]}, {}),
 }
 
@@ -264,6 +268,8 @@ VARIANTS: dict[str, tuple[str, str, dict[str, Any], dict[str, Any]]] = {
         "dim": 8, "init": "frequency", "data": "calib", "batches": 2}, {"include": ["*word_embeddings"]}),
     "channel-input-norm": ("prune.channel", "digits_cnn", {"ratio": 0.5, "importance": "input_norm",
                                                             "calib_batches": 2}, CNN_WEIGHTS),
+    "linformer-vit-style-max-len": ("attention.linformer", "tiny_bert", {"k": 3, "max_len": 12},
+                                    {"include": ["encoder.layer.1.*"]}),
     "share-layers-group-map-index": ("share.layers", "tiny_bert", {"group_map": [[0, 1]], "init": "index",
                                                                     "index": -1}, {}),
     "window-no-global-tokens": ("attention.window", "tiny_bert", {"window": 2, "global_tokens": []}, {}),

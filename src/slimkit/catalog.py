@@ -4,6 +4,8 @@ Add a line here when a new method module is written; there is no import-walking 
 The top-level package installs this module as the registry's catalog loader
 (:mod:`slimkit.core.plugins`), so core never imports a method family.
 """
+from .attention import linear as _attention_linear  # noqa: F401
+from .attention import linformer as _attention_linformer  # noqa: F401
 from .attention import window as _attention_window  # noqa: F401
 from .distill import intermediate as _distill_intermediate  # noqa: F401
 from .distill import methods as _distill_methods  # noqa: F401

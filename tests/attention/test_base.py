@@ -9,6 +9,8 @@ from torch import nn
 from slimkit.attention.base import ConvertedAttention, convert, find_attention, key_padding_mask, replay
 from slimkit.core import MethodError, Targets
 
+from .conftest import padded_batch, tiny_bert, tiny_vit
+
 
 class ExactSoftmax(ConvertedAttention):
     """Plain softmax attention through the base: must reproduce the HF module exactly."""
@@ -24,29 +26,6 @@ class ExactSoftmax(ConvertedAttention):
     @classmethod
     def from_options(cls, source, layout, options):  # type: ignore[no-untyped-def]
         return cls(source, layout)
-
-
-def tiny_bert(impl: str = "eager", seed: int = 0) -> nn.Module:
-    torch.manual_seed(seed)
-    cfg = transformers.BertConfig(vocab_size=60, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                                  intermediate_size=64, max_position_embeddings=32, attn_implementation=impl)
-    return transformers.BertModel(cfg).eval()
-
-
-def tiny_vit(seed: int = 0) -> nn.Module:
-    torch.manual_seed(seed)
-    cfg = transformers.ViTConfig(image_size=16, patch_size=4, num_channels=3, hidden_size=32, num_hidden_layers=2,
-                                 num_attention_heads=4, intermediate_size=64)
-    return transformers.ViTModel(cfg, add_pooling_layer=False).eval()
-
-
-def padded_batch() -> dict[str, torch.Tensor]:
-    gen = torch.Generator().manual_seed(1)
-    ids = torch.randint(1, 60, (3, 9), generator=gen)
-    mask = torch.ones(3, 9, dtype=torch.long)
-    mask[1, 6:] = 0
-    mask[2, 3:] = 0
-    return {"input_ids": ids, "attention_mask": mask}
 
 
 @pytest.mark.parametrize("impl", ["eager", "sdpa"])

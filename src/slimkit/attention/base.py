@@ -161,7 +161,7 @@ def key_padding_mask(attention_mask: Any, batch: int, n: int) -> torch.Tensor | 
         keep = keep.any(dim=2).any(dim=1)  # [B, H, Nq, Nk] -> [B, Nk]
     elif keep.dim() == 3:
         keep = keep.any(dim=1)
-    if keep.dim() != 2 or keep.shape[-1] != n or keep.shape[0] not in (1, batch):
+    if keep.dim() != 2 or keep.shape[-1] != n:
         raise MethodError(f"converted attention got a mask of shape {tuple(attention_mask.shape)} "
                           f"for {batch} sequences of {n} tokens")
     return keep.expand(batch, n)
@@ -175,6 +175,8 @@ class ConvertedAttention(nn.Module):
     """
 
     kind: ClassVar[str] = ""
+    # read by export.onnx (no ORT Attention fusion to try) without importing this package
+    converted_attention: ClassVar[bool] = True
 
     def __init__(self, source: nn.Module, layout: Layout) -> None:
         super().__init__()

@@ -297,7 +297,13 @@ class OnnxExport(MethodConfig):
 
 
 def bert_shape(model: nn.Module) -> tuple[int, int] | None:
-    """``(num_heads, hidden_size)`` of an HF BERT-like encoder inside ``model``, else None."""
+    """``(num_heads, hidden_size)`` of an HF BERT-like encoder inside ``model``, else None.
+
+    None too when ``slimkit.attention`` converted its attention: ORT's optimizer has no
+    ``Attention`` pattern to fuse there, so ``optimize="auto"`` exports the plain graph.
+    """
+    if any(getattr(m, "converted_attention", False) for m in model.modules()):
+        return None
     for m in model.modules():
         cfg = getattr(m, "config", None)
         if cfg is not None and getattr(cfg, "model_type", None) in ("bert", "roberta", "distilbert", "xlm-roberta"):
