@@ -199,3 +199,21 @@ def test_exports_onnx(name: str, tmp_path: Path) -> None:
     if name == "linformer":  # the int8 PT2E path too (one kind: it takes a while)
         slimkit.apply(model, config_class("export.pt2e")(file="m.pt2", calib_batches=1), ctx=ctx)
         assert (tmp_path / "m.pt2").stat().st_size > 0
+
+
+def test_head_pruning_goes_before_the_conversion(tmp_path: Path) -> None:
+    """prune.heads then a conversion: the converted modules adopt the pruned projections; the reverse is refused."""
+    from slimkit.core import Context
+
+    batch = padded_batch()
+    ctx = Context(example_inputs=batch, calib_data=[batch], progress=False)
+    heads = config_class("prune.heads")(heads_per_group=1, importance="head", calib_batches=1)
+    pruned = slimkit.apply(tiny_bert(), heads, ctx=ctx)
+    model = slimkit.apply(pruned, CONFIGS["linformer"])
+    att = model.encoder.layer[0].attention.self
+    assert att.num_attention_heads == 3 and att.query.weight.shape == (24, 32)
+    slimkit.save(model, tmp_path)
+    restored = slimkit.restore(tmp_path, model=lambda: tiny_bert(seed=4))
+    assert torch.equal(hidden(restored, batch), hidden(model, batch))
+    with pytest.raises(MethodError, match="before the attention"):
+        slimkit.apply(slimkit.apply(tiny_bert(), CONFIGS["favor"]), heads, ctx=ctx)

@@ -15,7 +15,7 @@ keeps everything else of the HF module it replaces:
 - the forward signature and return convention of transformers 5.24
   (``forward(hidden_states, attention_mask=None, cache=None, **kwargs) -> (context, None)``):
   the second item is the attention map HF returns, which these methods never materialise,
-  so ``output_attentions`` yields ``None`` for converted layers.
+  so ``output_attentions`` returns no map for converted layers (HF's recorder skips None).
 
 Writing a new conversion: subclass :class:`ConvertedAttention`, implement
 :meth:`~ConvertedAttention.attend` (``q, k, v`` are ``[B, heads, N, head_dim]``, scaled by

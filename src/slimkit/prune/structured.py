@@ -261,6 +261,11 @@ def channel_prune(model: nn.Module, config: ChannelPrune, targets: Targets, ctx:
 
 @register_method(HeadPrune)
 def head_prune(model: nn.Module, config: HeadPrune, targets: Targets, ctx: Context) -> Record:
+    converted = [n for n, m in targets.iter(model) if getattr(m, "converted_attention", False)]
+    if converted:  # slimkit.attention modules: their heads are not in a layout the graph analysis splits
+        cls = type(model.get_submodule(converted[0])).__name__
+        raise MethodError(f"{config.kind}: {converted[0]!r} is converted attention ({cls}); run prune.heads "
+                          "before the attention.* conversion (the conversion keeps the pruned heads)")
     batch = example_batch(ctx, config.kind)
     graph = analyze(model, batch)
     groups = selected_groups(model, graph, targets, heads=True)
