@@ -247,7 +247,7 @@ def support() -> list[str]:
 # Files that carry their own tables: ``{"title", "command", "summary", "tables": [{"caption", "columns",
 # "rows"}], "notes"}`` plus the CPU label fields; rendered as they are, in this order.
 GENERIC = ("lowrank_minilm.json", "minilm_embedding*.json", "minilm_share.json", "lowrank_cnn.json",
-           "structured_digits.json", "attention_scaling.json", "attention_quality.json", "window_stsb.json",
+           "structured_digits.json", "attention_scaling.json", "attention_quality.json", "attention_window_stsb.json",
            "token_prune_minilm.json", "early_exit_sst2.json", "layerdrop_minilm.json")
 
 

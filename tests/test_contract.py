@@ -114,8 +114,9 @@ def make_context(data: Callable[[torch.Generator], tuple[Any, Any]], export_dir:
 
 
 # Kinds that change the computation but no weight (attention.token_prune: later blocks process
-# fewer tokens): checked by their outputs changing, not by their state or parameter count.
-COMPUTE_ONLY = {"attention.token_prune"}
+# fewer tokens; attention.window: a banded pattern): checked by their outputs changing, not by their
+# state or parameter count.
+COMPUTE_ONLY = {"attention.token_prune", "attention.window"}
 
 
 # -- the contract table --------------------------------------------------------------------------
@@ -183,6 +184,7 @@ CONTRACT: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
     # tests/attention covers it)
     "attention.linear": ("tiny_bert", {"feature_map": "favor", "features": 8, "seed": 1}, {}),
     "dynamic.early_exit": ("tiny_bert_classifier", {"steps": 2, "threshold": 0.5}, {}),
+    "attention.window": ("tiny_bert", {"window": 1, "global_tokens": [0]}, {}),
 }
 
 KINDS = slimkit.kinds()  # at collection time: every registered method gets a test
@@ -303,6 +305,7 @@ VARIANTS: dict[str, tuple[str, str, dict[str, Any], dict[str, Any]]] = {
                                                                     "index": -1}, {}),
     "early-exit-patience-cls-linear": ("dynamic.early_exit", "tiny_bert_classifier", {
         "steps": 2, "criterion": "patience", "exit_patience": 1, "pooling": "cls", "head_hidden": 0}, {}),
+    "window-no-global-tokens": ("attention.window", "tiny_bert", {"window": 2, "global_tokens": []}, {}),
 }
 
 

@@ -7,6 +7,7 @@ The top-level package installs this module as the registry's catalog loader
 from .attention import linear as _attention_linear  # noqa: F401
 from .attention import linformer as _attention_linformer  # noqa: F401
 from .attention import token_prune as _attention_token_prune  # noqa: F401
+from .attention import window as _attention_window  # noqa: F401
 from .distill import intermediate as _distill_intermediate  # noqa: F401
 from .distill import methods as _distill_methods  # noqa: F401
 from .distill import strategy_kinds as _distill_strategy_kinds  # noqa: F401

@@ -9,6 +9,9 @@
 - the math of both lives in :mod:`.kernels`.
 - ``attention.token_prune`` (:mod:`.token_prune`, math in :mod:`.token_math`): later blocks run
   on fewer tokens (PoWER-BERT style), the output is full length again.
+- ``attention.window`` (:mod:`.window`, :class:`WindowAttention`): sliding-window attention
+  with global tokens, computed blockwise in O(n*w) (math in :mod:`.window_math`).
+- :mod:`.positions`: extend a model's learned absolute position embeddings for long inputs.
 """
 from .base import ConvertedAttention, Layout, convert, find_attention, key_padding_mask, replay
 from .linear import LinearAttention, LinearSelfAttention

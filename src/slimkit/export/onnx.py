@@ -311,6 +311,12 @@ def bert_shape(model: nn.Module) -> tuple[int, int] | None:
     return None
 
 
+def _converted_attention(model: nn.Module) -> bool:
+    from ..attention.base import ConvertedAttention
+
+    return any(isinstance(m, ConvertedAttention) for m in model.modules())
+
+
 def write_onnx(model: nn.Module, example_inputs: Batch, dest: str | os.PathLike[str], *, int8: Int8Mode = "auto",
                per_channel: bool = True, exclude: tuple[str, ...] = (), optimize: str = "auto",
                calib: list[Batch] | None = None, calibration: str = "minmax", opset: int = 17,
@@ -334,8 +340,8 @@ def write_onnx(model: nn.Module, example_inputs: Batch, dest: str | os.PathLike[
     int8_names = int8_modules(model)
     if int8 == "auto":
         int8 = "dynamic" if int8_names else "none"
-    if optimize == "auto":
-        shape = bert_shape(model) if int8 == "none" else None
+    if optimize == "auto":  # a converted attention (attention.*) is no pattern ORT's BERT fusion knows
+        shape = bert_shape(model) if int8 == "none" and not _converted_attention(model) else None
     else:
         shape = None if optimize == "none" else bert_shape(model) or (12, 384)
     info: dict[str, Any] = {"file": dest.name, "int8": int8, "inputs": list(view.names), "output": output}
