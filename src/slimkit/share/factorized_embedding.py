@@ -107,7 +107,7 @@ class FactorizedEmbedding(nn.Module):
             if exact_rows and layer.exact is not None and row_weights is not None:
                 rows = top_rows(row_weights, exact_rows, emb.padding_idx)  # [K]
                 layer.slot[rows] = torch.arange(exact_rows, dtype=torch.int32)
-                layer.exact.weight[:exact_rows] = (w - a @ b)[rows]  # the residual: exact W_i
+                layer.exact.weight[:exact_rows] = w[rows] - a[rows] @ b  # [K, H] residual: exact W_i
                 layer.exact.weight[exact_rows] = 0
         return layer.to(device=w.device, dtype=w.dtype)
 
