@@ -49,7 +49,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "linformer": {"kind": "attention.linformer", "with": {"k": 64, "max_len": 128}},
     "favor": {"kind": "attention.linear", "with": {"feature_map": "favor", "features": 128, "seed": 0}},
     "elu": {"kind": "attention.linear", "with": {"feature_map": "elu"}},
-    "window": {"kind": "attention.window", "with": {}},
+    "window": {"kind": "attention.window", "with": {"window": 16, "global_tokens": [0]}},
 }
 DISTILL = {"lr": 0.0006, "dropout": 0.0}  # no cache_teacher: it runs the teacher over the whole corpus first
 

@@ -22,6 +22,7 @@ On zoo:minilm-l6 (all-MiniLM-L6-v2, word table 30522 x 384 = 11.7 M parameters):
 from __future__ import annotations
 
 import argparse
+import copy
 import datetime
 import json
 import platform
@@ -38,7 +39,7 @@ from slimkit import Context, measure, zoo
 from slimkit.core import Recipe, Targets
 from slimkit.core.cpu import int8_isa
 from slimkit.lowrank.tt import TtLowrank
-from slimkit.share.factorized_embedding import FactorizedEmbeddingShare
+from slimkit.share.factorized_embedding import FactorizedEmbeddingShare, refit_unseen_rows, token_counts
 
 sys.path.insert(0, str(Path(__file__).parent))
 from stsb_splits import score  # noqa: E402
@@ -88,6 +89,64 @@ def baselines(args: argparse.Namespace, zm: Any, corpus: Any, cmd: str) -> None:
     path.write_text(json.dumps(out, indent=1) + "\n")
 
 
+def with_cover_batches(batches: list[dict[str, torch.Tensor]], zm: Any, every: int,
+                       steps: int) -> list[dict[str, torch.Tensor]]:
+    """``steps`` batches: the corpus with one vocabulary-cover batch after every ``every`` of its batches.
+
+    Cover rows are ``[CLS] + 14 ids + [SEP]``, the ids cycling through a seeded permutation of
+    the word-piece rows (id >= 999, past BERT's [unused] block, plus [UNK]) that the corpus
+    batches never look up, so the recovery trains every row the tokenizer can emit.
+    """
+    name = "encoder.embeddings.word_embeddings"
+    seen = token_counts(zm.model, [name], batches)[name] > 0  # [V]
+    tok = zm.tokenizer.hf  # the Hugging Face tokenizer (special-token ids)
+    ids = [i for i in range(999, seen.numel()) if not seen[i]] + ([tok.unk_token_id] if not seen[tok.unk_token_id] else [])
+    order = torch.tensor(ids)[torch.randperm(len(ids), generator=torch.Generator().manual_seed(0))]  # [U]
+    like = batches[0]
+    out: list[dict[str, torch.Tensor]] = []
+    pos, real = 0, 0
+    while len(out) < steps and real < len(batches):
+        if len(out) % (every + 1) == every:
+            take = torch.arange(pos, pos + 32 * 14) % order.numel()
+            pos += 32 * 14
+            body = order[take].view(32, 14)  # [32, 14]
+            x = torch.cat([torch.full((32, 1), tok.cls_token_id), body, torch.full((32, 1), tok.sep_token_id)], 1)
+            b = {"input_ids": x, "attention_mask": torch.ones_like(x), "_cover": torch.ones(1)}
+            if "token_type_ids" in like:
+                b["token_type_ids"] = torch.zeros_like(x)
+            out.append(b)
+        else:
+            out.append(batches[real])
+            real += 1
+    log(f"vocabulary cover: {len(ids)} unseen rows, {sum(1 for b in out if '_cover' in b)} cover batches")
+    return out
+
+
+def refit_rows(args: argparse.Namespace, zm: Any, student: torch.nn.Module, ctx: Context,
+               rows: dict[str, Any], tmp: Path) -> None:
+    """Score each ``--refit`` variant (codes of rows the recovery corpus never looked up, re-fitted); dev picks."""
+    if not args.refit:
+        return
+    name = "encoder.embeddings.word_embeddings"
+    seen = token_counts(student, [name], ctx.unlabeled_data)[name] > 0  # [V]
+    dense = zm.model.get_submodule(name).weight.detach()  # [V, H], the teacher's table
+    best = ("factorized_frequency_distilled", rows["factorized_frequency_distilled"]["stsb"].get("dev", 0.0))
+    for how in args.refit:
+        model = copy.deepcopy(student)
+        try:
+            n = refit_unseen_rows(model.get_submodule(name), dense, seen, how)
+        except ValueError as exc:  # e.g. 'map' with fewer seen rows than H (a smoke run)
+            log(f"refit {how} skipped: {exc}")
+            continue
+        key = f"refit_{how}"
+        rows[key] = {"stsb": stsb(model, zm), **sizes(model, zm, tmp / key), "rows_refit": n,
+                     "rows_seen": int(seen.sum())}
+        log(f"{key}: {rows[key]}")
+        if rows[key]["stsb"].get("dev", 0.0) > best[1]:
+            best = (key, rows[key]["stsb"]["dev"])
+    rows["chosen"] = best[0]
+
+
 def main(argv: list[str]) -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--dim", type=int, default=32)
@@ -100,12 +159,21 @@ def main(argv: list[str]) -> None:
     ap.add_argument("--objective", choices=("embedding", "intermediate"), default="embedding",
                     help="recovery: distill.embedding (pooled cosine) or distill.intermediate (every block's "
                          "hidden states, 1:1, plus the pooled cosine)")
+    ap.add_argument("--smoothing", type=float, default=1.0,
+                    help="added to every row's count in the frequency-weighted SVD (larger: closer to the plain SVD)")
     ap.add_argument("--tt-rank", type=int, default=64)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--baselines", action="store_true",
                     help="only add the untrained svd-init and TT rows (STS-B dev) to an existing result file")
     ap.add_argument("--name", default="minilm_embedding", help="result file benchmarks/results/NAME.json")
     ap.add_argument("--skip-zero-shot", action="store_true", help="do not score the student before distillation")
+    ap.add_argument("--refit", nargs="*", default=["pinv", "map"], choices=("pinv", "map"),
+                    help="after recovery, re-fit the codes of rows the corpus never looked up (each variant scored; "
+                         "dev picks)")
+    ap.add_argument("--cover-unseen", type=int, default=0, metavar="EVERY",
+                    help="after every EVERY corpus batches insert one batch of [CLS] + 14 vocabulary ids the corpus "
+                         "never uses + [SEP], so every row gets a gradient (0: off; vocabulary only, no test text)")
+    ap.add_argument("--save", default=None, help="also save the recovered student (before any refit) to this folder")
     ap.add_argument("--smoke", action="store_true", help="check the plumbing: no STS-B scoring, no result file")
     args = ap.parse_args(argv)
     if args.smoke:
@@ -129,7 +197,8 @@ def main(argv: list[str]) -> None:
         ctx = Context(unlabeled_data=corpus, teacher=zm.model, progress=False, seed=0)
         recipe = Recipe.from_dict({"name": "minilm-embedding", "steps": [
             {"kind": "share.factorized_embedding", "targets": {"include": ["*word_embeddings"]},
-             "with": {"dim": args.dim, "init": "frequency", "data": "unlabeled", "exact_rows": args.exact_rows}},
+             "with": {"dim": args.dim, "init": "frequency", "data": "unlabeled", "exact_rows": args.exact_rows,
+                      "smoothing": args.smoothing}},
         ]})
         student = recipe.run(zm.model, ctx)
         rows["factorized_frequency"] = {"stsb": {} if args.skip_zero_shot else stsb(student, zm),
@@ -145,6 +214,10 @@ def main(argv: list[str]) -> None:
         distill = Recipe.from_dict({"name": "recover", "steps": [step]})
         out["recipe"]["steps"] += distill.to_dict()["steps"]
         ctx.unlabeled_data = list(corpus)[: args.steps]  # one pass: the teacher cache covers only what is used
+        if args.cover_unseen:
+            ctx.unlabeled_data = with_cover_batches(ctx.unlabeled_data, zm, args.cover_unseen, args.steps)
+            out["cover_batches"] = sum(1 for b in ctx.unlabeled_data if b.get("_cover") is not None)
+            ctx.unlabeled_data = [{k: v for k, v in b.items() if k != "_cover"} for b in ctx.unlabeled_data]
         t = time.time()
         student = distill.run(student, ctx)
         out["distill_seconds"] = round(time.time() - t, 1)
@@ -152,7 +225,10 @@ def main(argv: list[str]) -> None:
                                                   **sizes(student, zm, Path(tmp) / "student"),
                                                   "distill": slimkit.records(student)[-1].summary}
         log(f"distilled: {rows['factorized_frequency_distilled']}")
-    fp32, final = rows["fp32"], rows["factorized_frequency_distilled"]
+        if args.save:
+            slimkit.save(student, args.save)
+        refit_rows(args, zm, student, ctx, rows, Path(tmp))
+    fp32, final = rows["fp32"], rows[rows.get("chosen", "factorized_frequency_distilled")]
     out["headline"] = {
         "word_table_reduction": round(fp32["word_table_params"] / final["word_table_params"], 2),
         "file_reduction": round(fp32["file_bytes"] / final["file_bytes"], 3),
@@ -160,6 +236,7 @@ def main(argv: list[str]) -> None:
         "profile_bytes_saved": fp32["profile_bytes"] - final["profile_bytes"],
         "stsb_test_delta": round(final["stsb"]["test"] - fp32["stsb"]["test"], 2),
         "stsb_dev_delta": round(final["stsb"]["dev"] - fp32["stsb"]["dev"], 2),
+        "row": rows.get("chosen", "factorized_frequency_distilled"),
     }
     if args.smoke:
         print(json.dumps(out, indent=1))

@@ -12,7 +12,13 @@ from torch import nn
 import slimkit
 from slimkit import measure
 from slimkit.core import ConfigError, Context, MethodError, Recipe, Targets, config_class
-from slimkit.share.factorized_embedding import FactorizedEmbedding, FactorizedEmbeddingShare, svd_factors
+from slimkit.share.factorized_embedding import (
+    FactorizedEmbedding,
+    FactorizedEmbeddingShare,
+    refit_codes,
+    refit_unseen_rows,
+    svd_factors,
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread_module")
 
@@ -199,3 +205,47 @@ def test_exact_rows_need_frequency_init_and_fit_the_table() -> None:
     with pytest.raises(MethodError, match="exact_rows 81 exceeds words"):
         slimkit.apply(Encoder(), FactorizedEmbeddingShare(dim=4, init="frequency", data="calib", exact_rows=81),
                       Targets(include=("words",)), ctx)
+
+
+def test_refit_unseen_rows_resolves_codes_against_the_moved_projection() -> None:
+    torch.manual_seed(5)
+    emb = nn.Embedding(80, 32, padding_idx=1)
+    counts = torch.ones(80, dtype=torch.float64)
+    counts[:10] = 100.0
+    fact = FactorizedEmbedding.from_embedding(emb, 4, counts, exact_rows=2)
+    with torch.no_grad():  # what recovery does: the shared projection moves, unseen codes stay put
+        fact.project.weight.add_(0.3 * torch.randn_like(fact.project.weight))
+    seen = torch.zeros(80, dtype=torch.bool)
+    seen[:40] = True
+    before = fact.embed.weight.detach().clone()
+    exact_ids = fact.slot.lt(2).nonzero().flatten().tolist()
+    w = emb.weight.detach()  # [80, 32]
+    err_before = (fact.dense_weight() - w)[40:].norm(dim=1)  # [40]
+    n = refit_unseen_rows(fact, w, seen, "pinv")
+    assert n == 40  # rows 40..79; the padding row 1 and the exact rows are among the seen ones here
+    assert torch.equal(fact.embed.weight[:40], before[:40])  # seen rows untouched
+    err_after = (fact.dense_weight() - w)[40:].norm(dim=1)
+    assert (err_after <= err_before + 1e-5).all() and err_after.sum() < 0.9 * err_before.sum()
+    # the least-squares code: the residual is orthogonal to the projection's columns
+    resid = fact.dense_weight()[40:] - w[40:]  # [40, 32]
+    assert torch.allclose(resid @ fact.project.weight, torch.zeros(40, 4), atol=1e-4)
+    assert all(i < 40 for i in exact_ids)
+    seen[:] = False  # nothing seen: exact rows and the padding row are still left alone
+    pad_code = fact.embed.weight[1].detach().clone()
+    assert refit_unseen_rows(fact, w, seen, "pinv") == 80 - 1 - 2
+    assert torch.equal(fact.embed.weight[1], pad_code)
+
+
+def test_refit_map_carries_the_trained_shift_and_checks_shapes() -> None:
+    torch.manual_seed(6)
+    w = torch.randn(60, 8)  # dense rows
+    m = torch.randn(8, 3)  # the map training implied: code = w @ m
+    codes = refit_codes(w[40:], torch.randn(8, 3), "map", w[:40], w[:40] @ m)  # [20, 3]
+    assert torch.allclose(codes, w[40:] @ m, atol=1e-4)
+    with pytest.raises(ValueError, match="map"):
+        refit_codes(w[40:], torch.randn(8, 3), "map", w[:4], (w @ m)[:4])
+    with pytest.raises(ValueError, match="how"):
+        refit_codes(w, torch.randn(8, 3), "nearest")
+    fact = FactorizedEmbedding.from_embedding(nn.Embedding(80, 32), 4)
+    with pytest.raises(ValueError, match="do not match"):
+        refit_unseen_rows(fact, torch.randn(80, 16), torch.ones(80, dtype=torch.bool))

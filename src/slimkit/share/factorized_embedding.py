@@ -129,6 +129,58 @@ class FactorizedEmbedding(nn.Module):
         return f"{self.num_embeddings} x {self.dim} x {self.embedding_dim}, padding_idx={self.padding_idx}{exact}"
 
 
+def refit_codes(targets: torch.Tensor, project: torch.Tensor, how: str = "pinv",
+                fit_targets: torch.Tensor | None = None, fit_codes: torch.Tensor | None = None) -> torch.Tensor:
+    """New small-table rows ``[n, E]`` for dense rows ``targets [n, H]``.
+
+    Why: distillation only updates the rows its corpus looks up, but it moves the shared
+    projection, so a row the corpus never saw keeps a code fitted to the *old* projection.
+    ``pinv`` re-solves ``min ||a @ project.T - w||`` against the current projection
+    (``project`` is the Linear weight ``[H, E]``); ``map`` instead fits one linear map
+    ``W -> A`` on the trained rows (``fit_targets [s, H]``, ``fit_codes [s, E]``) and applies it,
+    carrying over whatever systematic shift training gave the seen rows.
+    """
+    t = targets.detach().to(torch.float64)  # [n, H]
+    if how == "pinv":
+        p = project.detach().to(torch.float64)  # [H, E]
+        return torch.linalg.lstsq(p, t.t()).solution.t().to(targets.dtype)  # [n, E]
+    if how == "map":
+        if fit_targets is None or fit_codes is None or fit_targets.shape[0] < fit_targets.shape[1]:
+            raise ValueError("refit_codes(how='map') needs at least H fitted rows (fit_targets, fit_codes)")
+        m = torch.linalg.lstsq(fit_targets.detach().to(torch.float64),
+                               fit_codes.detach().to(torch.float64)).solution  # [H, E]
+        return (t @ m).to(targets.dtype)  # [n, E]
+    raise ValueError(f"refit_codes: how must be 'pinv' or 'map', got {how!r}")
+
+
+def refit_unseen_rows(layer: FactorizedEmbedding, dense: torch.Tensor, seen: torch.Tensor,
+                      how: str = "pinv") -> int:
+    """Re-fit, in place, the codes of the rows ``seen`` (bool ``[V]``) marks False; returns how many.
+
+    ``dense`` is the original ``[V, H]`` table (the teacher's). Rows with an exact residual
+    and the padding row are left alone. Use after a recovery run whose data did not cover
+    the vocabulary (see docs/sharing.md).
+    """
+    if dense.shape != (layer.num_embeddings, layer.embedding_dim) or seen.shape != (layer.num_embeddings,):
+        raise ValueError(f"refit_unseen_rows: dense {tuple(dense.shape)} / seen {tuple(seen.shape)} do not "
+                         f"match the {layer.num_embeddings} x {layer.embedding_dim} table")
+    todo = ~seen.to(torch.bool)  # [V]
+    if layer.exact is not None:
+        todo &= layer.slot.long() == layer.exact_rows  # rows with a residual stay exact
+    if layer.padding_idx is not None:
+        todo[layer.padding_idx] = False
+    idx = todo.nonzero().flatten()  # [n]
+    if idx.numel() == 0:
+        return 0
+    fit = (~todo).nonzero().flatten()
+    if layer.padding_idx is not None:
+        fit = fit[fit != layer.padding_idx]
+    codes = refit_codes(dense[idx], layer.project.weight, how, dense[fit], layer.embed.weight[fit])  # [n, E]
+    with torch.no_grad():
+        layer.embed.weight[idx] = codes.to(layer.embed.weight.dtype)
+    return int(idx.numel())
+
+
 def top_rows(row_weights: torch.Tensor, k: int, skip: int | None = None) -> torch.Tensor:
     """Indices of the ``k`` largest weights, ties towards the lower index (a stable sort); never ``skip``."""
     w = row_weights.detach().to(torch.float64).clone()  # [V]
@@ -290,4 +342,5 @@ def replay_factorized(model: nn.Module, record: Record) -> None:
         swap_module(model, name, new.to(dtype=current.weight.dtype))
 
 
-__all__ = ["FactorizedEmbedding", "FactorizedEmbeddingShare", "svd_factors", "token_counts", "top_rows"]
+__all__ = ["FactorizedEmbedding", "FactorizedEmbeddingShare", "refit_codes", "refit_unseen_rows", "svd_factors",
+           "token_counts", "top_rows"]
