@@ -107,7 +107,9 @@ def plan(model_spec: str, task_name: str, budgets: Budgets | Sequence[str], *, o
     problem = build_problem(units, sens, lut, budgets)
     solution = solve(problem.groups, problem.objective, problem.limits, method=solver, seed=seed) \
         if problem.groups else None
-    if solution is None or not problem.chosen(solution.picks):
+    if solution is not None and not problem.chosen(solution.picks):
+        raise MethodError(f"the dense model already meets {_budget_text(budgets)} by the prediction; nothing to plan")
+    if solution is None:
         fastest = lut.base_ms + sum(min(c.values["latency"] for c in g) for g in problem.groups)
         best = lut.base_ms / fastest if fastest > 0 else float("inf")
         raise MethodError(f"no plan in the search space meets {_budget_text(budgets)} (fastest predicted "
