@@ -20,11 +20,12 @@ from typing import Any
 import yaml
 from torch import nn
 
-from .. import measure, zoo
+from .. import zoo
 from .._version import __version__
 from ..core import ConfigError, Context, MethodError
 from ..core.api import atomic_write
 from ..core.cpu import int8_isa
+from ..measure.profile import state_nbytes
 from .budget import Budgets, parse_budgets
 from .lut import PlanRuntime, build_lut
 from .problem import build_problem
@@ -87,8 +88,8 @@ def plan(model_spec: str, task_name: str, budgets: Budgets | Sequence[str], *, o
     def dev_points(model: nn.Module) -> float:
         return points(task.evaluate(model, zm, split="dev", limit=dev_limit), task.metric)
 
-    def size_of(model: nn.Module) -> int:
-        return int(measure.profile(model, zm.example_inputs(1)).bytes_on_disk)
+    def size_of(model: nn.Module) -> int:  # what measure.profile reports as bytes on disk, without a trace
+        return int(state_nbytes(model.state_dict()))
 
     folder = Path(cache_dir) if cache_dir is not None else zoo.cache_dir() / "plan"
     cache = SensitivityCache(folder, weights_hash(base))
