@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 from torch import nn
 
@@ -12,7 +13,8 @@ from slimkit.plan.sensitivity import apply_action
 from slimkit.plan.space import SpaceConfig, build_space, compose
 
 
-def test_lut_entries_and_check_on_a_tiny_model() -> None:
+@pytest.mark.parametrize("runtime", ["eager", "pt2e", "onnx"])
+def test_lut_entries_and_check_on_a_tiny_model(runtime: str) -> None:
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(16, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 4)).eval()
     x = torch.randn(4, 16)
@@ -21,7 +23,7 @@ def test_lut_entries_and_check_on_a_tiny_model() -> None:
                                            quantize_dynamic=False))
     chosen = [(u, u.actions[0]) for u in units]
     variants = [(u.name, a.label, apply_action(model, a, ctx)) for u, a in chosen]
-    lut = build_lut(model, variants, x, "eager", batch_size=4, rounds=2, iters=2, threads=1)
+    lut = build_lut(model, variants, x, runtime, batch_size=4, rounds=2, iters=2, threads=1)
     assert lut.base_ms > 0 and len(lut.entries) == 2
     assert all(math.isfinite(e.delta_ms) and e.speedup > 0 for e in lut.entries)
     pairs = [(u.name, a.label) for u, a in chosen]
@@ -34,4 +36,12 @@ def test_lut_entries_and_check_on_a_tiny_model() -> None:
     assert set(out) >= {"predicted_ms", "measured_ms", "relative_error", "predicted_speedup", "measured_speedup"}
     assert math.isfinite(out["relative_error"]) and out["measured_ms"] > 0
     assert out["relative_error"] == (out["predicted_ms"] - out["measured_ms"]) / out["measured_ms"]
-    assert lut.to_dict()["entries"][0]["unit"] == "0"
+    assert lut.to_dict()["entries"][0]["unit"] == "0" and lut.runtime == runtime
+
+
+def test_text_inputs_on_an_exported_runtime_are_refused_clearly() -> None:
+    from slimkit.core import ConfigError
+
+    model = nn.Linear(4, 4)
+    with pytest.raises(ConfigError, match="runtime onnx"):
+        build_lut(model, [("0", "a", model)], {"x": torch.zeros(1, 4)}, "onnx", batch_size=1, rounds=1, iters=1)

@@ -54,9 +54,11 @@ def test_plan_end_to_end_writes_a_runnable_recipe(tmp_path: Path, data_dir: Path
     assert {(e["unit"], e["action"]) for e in lut["entries"]} == {(r["unit"], r["action"]) for r in sens["rows"]}
     assert report["sensitivity_evaluations"] == 5  # the dense model and four actions
 
-    rc = main(_args(tmp_path, "--budget", "size<=120KB", "--out", str(tmp_path / "again"), "--json"))
+    rc = main(_args(tmp_path, "--budget", "size<=120KB", "--solver", "greedy", "--out", str(tmp_path / "again"),
+                    "--json"))
     again = json.loads(capsys.readouterr().out)
     assert rc == 0 and again["sensitivity_evaluations"] == 0  # another budget: sensitivity from the cache
+    assert again["solver"] == "greedy" and again["predicted"]["size_bytes"] <= 120_000
 
     from slimkit import zoo
 
@@ -85,6 +87,17 @@ def test_bad_space_file_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[st
     rc = main(args[:7] + ["--space", str(tmp_path / "space.yaml")] + args[9:])
     err = capsys.readouterr().err
     assert rc == 2 and "svd_ratio" in err and len(err.strip().splitlines()) == 1
+
+
+def test_plan_without_budgets_or_with_a_bad_runtime_fails_before_any_work(tmp_path: Path) -> None:
+    from slimkit.core import ConfigError
+    from slimkit.plan import plan
+
+    with pytest.raises(ConfigError, match="at least one budget"):
+        plan("zoo:digits-cnn", "digits", [], out_dir=tmp_path / "o")
+    with pytest.raises(ConfigError, match="runtime"):
+        plan("zoo:digits-cnn", "digits", ["speedup>=2"], out_dir=tmp_path / "o", runtime="tvm")  # type: ignore[arg-type]
+    assert not (tmp_path / "o").exists()
 
 
 def test_backoff_reverts_the_most_sensitive_action_first() -> None:
