@@ -45,3 +45,26 @@ def test_text_inputs_on_an_exported_runtime_are_refused_clearly() -> None:
     model = nn.Linear(4, 4)
     with pytest.raises(ConfigError, match="runtime onnx"):
         build_lut(model, [("0", "a", model)], {"x": torch.zeros(1, 4)}, "onnx", batch_size=1, rounds=1, iters=1)
+
+
+class _DataDependent(nn.Module):
+    """Branches on a value: eager runs it, ``torch.export`` cannot trace it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(x) if float(x.sum()) > 0 else -self.fc(x)
+
+
+def test_a_variant_the_runtime_cannot_run_is_left_out_not_fatal() -> None:
+    model = nn.Linear(4, 4)
+    x = torch.ones(1, 4)
+    lut = build_lut(model, [("a", "bad", _DataDependent()), ("b", "ok", nn.Linear(4, 4))], x, "pt2e",
+                    batch_size=1, rounds=1, iters=1, threads=1)
+    bad, ok = lut.entries
+    assert bad.error and "pt2" in bad.error and math.isnan(bad.delta_ms)
+    assert ok.error is None and math.isfinite(ok.delta_ms)
+    with pytest.raises(KeyError):
+        lut.delta("a", "bad")

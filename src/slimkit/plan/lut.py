@@ -41,6 +41,7 @@ class LutEntry:
     speedup: float  # base / changed, paired
     speedup_p25: float
     speedup_p75: float
+    error: str | None = None  # why this changed model cannot run on the runtime (left out of the search)
 
 
 @dataclasses.dataclass
@@ -51,11 +52,14 @@ class Lut:
     threads: int
     entries: list[LutEntry]
 
+    def entry(self, unit: str, action: str) -> LutEntry | None:
+        return next((e for e in self.entries if e.unit == unit and e.action == action), None)
+
     def delta(self, unit: str, action: str) -> float:
-        for e in self.entries:
-            if e.unit == unit and e.action == action:
-                return e.delta_ms
-        raise KeyError(f"no LUT entry for {unit} / {action}")
+        e = self.entry(unit, action)
+        if e is None or e.error is not None:
+            raise KeyError(f"no timed LUT entry for {unit} / {action}")
+        return e.delta_ms
 
     def predict_ms(self, chosen: Iterable[tuple[str, str]]) -> float:
         """Additive prediction: the base time plus each chosen (unit, action)'s delta."""
@@ -101,12 +105,13 @@ def served(model: nn.Module, inputs: Any, runtime: PlanRuntime, workdir: Path) -
     return _Served(fn, fargs, unpack_dict=runtime == "eager" and isinstance(inputs, dict))
 
 
-def paired(base: nn.Module, changed: nn.Module, inputs: Any, runtime: PlanRuntime, *, rounds: int, iters: int,
-           threads: int | None = None) -> CompareResult:
-    """Paired latency of ``base`` against ``changed`` on ``runtime`` (speedup > 1: changed is faster)."""
+def paired(base: nn.Module | _Served, changed: nn.Module, inputs: Any, runtime: PlanRuntime, *, rounds: int,
+           iters: int, threads: int | None = None) -> CompareResult:
+    """Paired latency of ``base`` (a model, or one already :func:`served`) against ``changed`` on
+    ``runtime`` (speedup > 1: changed is faster)."""
     try:
         with tempfile.TemporaryDirectory(prefix="slimkit-plan-") as tmp:
-            a = served(base, inputs, runtime, Path(tmp))
+            a = base if isinstance(base, _Served) else served(base, inputs, runtime, Path(tmp))
             b = served(changed, inputs, runtime, Path(tmp))
             return compare(a, b, inputs, rounds=rounds, iters_per_round=iters, warmup=2, threads=threads)
     except (ConfigError, MethodError):
@@ -118,23 +123,41 @@ def paired(base: nn.Module, changed: nn.Module, inputs: Any, runtime: PlanRuntim
 def build_lut(base: nn.Module, variants: Iterable[tuple[str, str, nn.Module]], inputs: Any, runtime: PlanRuntime,
               *, batch_size: int, rounds: int = 5, iters: int = 5, threads: int | None = None,
               log: Callable[[str], None] = lambda _m: None) -> Lut:
-    """Time every ``(unit, action, changed model)`` against ``base``, one after another."""
+    """Time every ``(unit, action, changed model)`` against ``base``, one after another.
+
+    The dense model is put on the runtime once (an export per variant is enough). A changed
+    model the runtime cannot run (e.g. an int8 PyTorch module has no ONNX export) gets an entry
+    with its ``error`` and no time: the search leaves it out. A dense model the runtime cannot
+    run is an error.
+    """
     entries: list[LutEntry] = []
     base_samples: list[float] = []
     n_threads = torch.get_num_threads() if threads is None else threads
-    for unit, action, model in variants:
-        res = paired(base, model, inputs, runtime, rounds=rounds, iters=iters, threads=threads)
-        base_samples.append(res.median_a_ms)
-        entries.append(LutEntry(unit, action, 0.0, res.speedup, res.speedup_p25, res.speedup_p75))
-        log(f"latency {unit} / {action}: {res.speedup:.2f}x")
-    if not base_samples:
-        with tempfile.TemporaryDirectory(prefix="slimkit-plan-") as tmp:
-            fn = served(base, inputs, runtime, Path(tmp))
-            base_samples.append(compare(fn, fn, inputs, rounds=rounds, iters_per_round=iters, warmup=2,
+    with tempfile.TemporaryDirectory(prefix="slimkit-plan-") as tmp:
+        try:
+            dense = served(base, inputs, runtime, Path(tmp))
+        except (ConfigError, MethodError):
+            raise
+        except Exception as exc:
+            raise MethodError(f"cannot run the dense model on {runtime}: {type(exc).__name__}: {exc}") from exc
+        for unit, action, model in variants:
+            try:
+                res = paired(dense, model, inputs, runtime, rounds=rounds, iters=iters, threads=threads)
+            except MethodError as exc:
+                nan = float("nan")
+                entries.append(LutEntry(unit, action, nan, nan, nan, nan, error=str(exc).splitlines()[0][:300]))
+                log(f"latency {unit} / {action}: cannot run on {runtime}")
+                continue
+            base_samples.append(res.median_a_ms)
+            entries.append(LutEntry(unit, action, 0.0, res.speedup, res.speedup_p25, res.speedup_p75))
+            log(f"latency {unit} / {action}: {res.speedup:.2f}x")
+        if not base_samples:
+            base_samples.append(compare(dense, dense, inputs, rounds=rounds, iters_per_round=iters, warmup=2,
                                         threads=threads).median_a_ms)
     base_ms = sorted(base_samples)[len(base_samples) // 2]  # median over every pairing's base side
     for e in entries:
-        e.delta_ms = base_ms * (1.0 / e.speedup - 1.0)
+        if e.error is None:
+            e.delta_ms = base_ms * (1.0 / e.speedup - 1.0)
     return Lut(runtime, batch_size, base_ms, n_threads, entries)
 
 

@@ -9,6 +9,7 @@ Tuning reads the task's dev split only; the test split is scored once, on the fi
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import json
 import sys
@@ -82,6 +83,9 @@ def plan(model_spec: str, task_name: str, budgets: Budgets | Sequence[str], *, o
     ctx = plan_context(zm, task, seed=seed)
     inputs = zm.example_inputs(batch_size, seq_len) if zm.family == "text" else zm.example_inputs(batch_size)
     space = space or SpaceConfig()
+    if runtime != "eager" and space.quantize_dynamic:  # its int8 modules run in PyTorch only
+        log(f"quantize.dynamic left out on {runtime}: int8 there comes from the export step (not planned yet)")
+        space = dataclasses.replace(space, quantize_dynamic=False)
     units = build_space(base, space)
     log(f"{model_spec}: {len(units)} unit(s), {sum(len(u.actions) for u in units)} candidate action(s)")
 

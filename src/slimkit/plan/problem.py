@@ -50,9 +50,11 @@ def build_problem(units: list[Unit], sens: SensitivityTable, lut: Lut, budgets: 
         group = [Choice(KEEP, {"drop": 0.0, "latency": 0.0, "size": 0.0})]
         for action in unit.actions:
             row = sens.get(unit.name, action.label)
-            if row is None or not row.feasible or row.drop is None or row.size_bytes is None:
+            timed = lut.entry(unit.name, action.label)
+            if row is None or not row.feasible or row.drop is None or row.size_bytes is None \
+                    or timed is None or timed.error is not None:
                 continue
-            latency = lut.delta(unit.name, action.label)
+            latency = timed.delta_ms
             size = float(row.size_bytes - sens.base_size_bytes)
             if latency >= 0 and not (budgets.size_bytes is not None and size < 0):
                 not_paying.append({"unit": unit.name, "action": action.label, "delta_ms": latency, "drop": row.drop})
