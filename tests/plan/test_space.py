@@ -84,3 +84,21 @@ def test_compose_merges_drops_and_orders_steps() -> None:
     assert doc["steps"][1]["with"] == {"drop": [0, 2]}
     recipe = Recipe.from_dict(doc)
     assert len(recipe.steps) == 3
+
+
+@pytest.mark.slow
+def test_every_block_action_runs_on_a_tiny_bert() -> None:
+    """The space proposes steps the methods accept on a transformer (none is silently refused)."""
+    from slimkit.core import Context
+    from slimkit.plan.sensitivity import apply_action
+
+    model = _tiny_bert()
+    x = {"input_ids": torch.randint(0, 100, (2, 8), generator=torch.Generator().manual_seed(0)),
+         "attention_mask": torch.ones(2, 8, dtype=torch.long)}
+    ctx = Context(example_inputs=x, calib_data=[x], progress=False)
+    block = build_space(model, SpaceConfig(include=("encoder.layer.1",)))[0]
+    dense = sum(p.numel() for p in model.parameters())
+    for action in block.actions:
+        changed = apply_action(model, action, ctx)
+        assert changed(**x).last_hidden_state.shape == (2, 8, 32), action.label
+        assert sum(p.numel() for p in changed.parameters()) < dense, action.label

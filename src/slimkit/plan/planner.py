@@ -143,6 +143,7 @@ def plan(model_spec: str, task_name: str, budgets: Budgets | Sequence[str], *, o
         "solver": solver, "objective": problem.objective, "limits": problem.limits, "space": space.to_dict(),
         "units": len(units), "actions": sum(len(u.actions) for u in units),
         "sensitivity_evaluations": sens.evaluations, "not_paying": problem.not_paying,
+        "untimed": [f"{e.unit} / {e.action}" for e in lut.entries if e.error is not None],
         "base": {"dev": sens.base_metric, "test": base_test, "size_bytes": sens.base_size_bytes,
                  "latency_ms": lut.base_ms},
         "chosen": [{"unit": u.name, "action": a.label} for u, a in chosen],

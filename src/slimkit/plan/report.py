@@ -33,6 +33,8 @@ def render_markdown(r: dict[str, Any]) -> str:
                      + (f" ({rd['note']})" if rd.get("note") else ""))
     lines += ["", "## Final plan", ""]
     lines += [f"- {c['unit']}: {c['action']}" for c in r["final"]] or ["- (none: the dense model)"]
+    if r.get("untimed"):
+        lines += ["", f"Left out as not runnable on {r['runtime']}: " + ", ".join(r["untimed"]) + "."]
     if r["not_paying"]:
         lines += ["", f"Left out as not paying (no measured latency gain): {len(r['not_paying'])} action(s)."]
     lines += ["", "Budgets met (measured): " + ", ".join(f"{k} {'yes' if v else 'NO'}" for k, v in r["meets"].items()),
