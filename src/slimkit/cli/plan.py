@@ -32,6 +32,8 @@ def add_parser(sub: Any, at_least: Callable[[int], Any]) -> None:
     s.add_argument("--rounds", type=at_least(1), default=5, help="paired timing rounds per latency entry")
     s.add_argument("--threads", type=at_least(1), help="torch threads for timing (default: current)")
     s.add_argument("--max-backoff", type=at_least(0), default=3, help="accuracy back-off rounds at most")
+    s.add_argument("--dev-limit", type=at_least(1), help="score the first N dev samples only (sensitivity and back-off; "
+                                                         "faster, noisier; part of the cache key)")
     s.add_argument("--json", action="store_true")
 
 
@@ -43,4 +45,5 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     space = SpaceConfig.load(args.space) if args.space is not None else None
     return plan(args.model, args.task, budgets, out_dir=args.out, runtime=args.runtime, batch_size=args.batch_size,
                 seq_len=args.seq_len, space=space, solver=args.solver, cache_dir=args.cache, seed=args.seed,
-                rounds=args.rounds, threads=args.threads, max_backoff=args.max_backoff, quiet=args.json)
+                rounds=args.rounds, threads=args.threads, max_backoff=args.max_backoff, dev_limit=args.dev_limit,
+                quiet=args.json)

@@ -131,6 +131,8 @@ def plan(model_spec: str, task_name: str, budgets: Budgets | Sequence[str], *, o
     if result.recipe is not None:
         text = yaml.safe_dump(result.recipe, sort_keys=False)
         atomic_write(out / "plan.yaml", lambda p: Path(p).write_text(text))
+    elif (out / "plan.yaml").exists():  # every action reverted: no plan, and no stale one from an earlier run
+        (out / "plan.yaml").unlink()
     base_test = points(task.evaluate(base, zm, split="test"), task.metric)
     final_test = points(task.evaluate(result.model, zm, split="test"), task.metric) if result.chosen else base_test
     last = result.last
