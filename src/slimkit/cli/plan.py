@@ -32,8 +32,9 @@ def add_parser(sub: Any, at_least: Callable[[int], Any]) -> None:
     s.add_argument("--rounds", type=at_least(1), default=5, help="paired timing rounds per latency entry")
     s.add_argument("--threads", type=at_least(1), help="torch threads for timing (default: current)")
     s.add_argument("--max-backoff", type=at_least(0), default=3, help="accuracy back-off rounds at most")
-    s.add_argument("--dev-limit", type=at_least(1), help="score the first N dev samples only (sensitivity and back-off; "
-                                                         "faster, noisier; part of the cache key)")
+    s.add_argument("--dev-limit", type=at_least(1),
+                   help="score the first N dev samples only (sensitivity and back-off; faster, noisier; "
+                        "part of the cache key)")
     s.add_argument("--json", action="store_true")
 
 

@@ -10,7 +10,7 @@ def _f(x: Any, fmt: str = ".2f") -> str:
 
 def render_markdown(r: dict[str, Any]) -> str:
     """Human-readable summary of :func:`slimkit.plan.plan`'s report dict."""
-    b, p, m, base = r["budgets"], r["predicted"], r["measured"], r["base"]
+    b, p, m, base, isa = r["budgets"], r["predicted"], r["measured"], r["base"], r["int8_isa"]
     lines = [f"# slimkit plan: {r['model']} on {r['task']} ({r['runtime']}, batch {r['batch_size']})", "",
              f"Budgets: {', '.join(f'{k}={v}' for k, v in b.items() if v is not None)}; solver {r['solver']} "
              f"(minimise {r['objective']}); {r['units']} units, {r['actions']} candidate actions; "
@@ -38,7 +38,7 @@ def render_markdown(r: dict[str, Any]) -> str:
     if r["not_paying"]:
         lines += ["", f"Left out as not paying (no measured latency gain): {len(r['not_paying'])} action(s)."]
     lines += ["", "Budgets met (measured): " + ", ".join(f"{k} {'yes' if v else 'NO'}" for k, v in r["meets"].items()),
-              "", f"{r['seconds']} s; {r['int8_isa'].get('cpu_model', '')} (int8 ISA {r['int8_isa'].get('name', '')}), {r['date']}"]
+              "", f"{r['seconds']} s; {isa.get('cpu_model', '')} (int8 ISA {isa.get('name', '')}), {r['date']}"]
     return "\n".join(lines) + "\n"
 
 
