@@ -96,3 +96,16 @@ def test_training_does_not_depend_on_the_callers_random_state(monkeypatch: pytes
     b = digits.train_digits_cnn()
     for (k, va), (_, vb) in zip(a.state_dict().items(), b.state_dict().items()):
         assert torch.equal(va, vb), k
+
+
+def test_dev_split_is_fixed_and_never_the_test_split() -> None:
+    from slimkit.core import DataError
+    from slimkit.zoo.image_tasks import DEV_SIZE
+
+    zm = zoo.load("zoo:digits-cnn")
+    task = zoo.get_task("digits")
+    dev = task.evaluate(zm.model, zm, split="dev")
+    assert dev["n"] == DEV_SIZE and task.evaluate(zm.model, zm, split="dev") == dev
+    assert task.evaluate(zm.model, zm)["n"] == 450  # the default stays the test split
+    with pytest.raises(DataError, match="validation"):
+        task.evaluate(zm.model, zm, split="validation")

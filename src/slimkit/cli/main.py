@@ -1,4 +1,4 @@
-"""``slimkit`` command line: list-methods, profile, compress, eval, bench, export, demo.
+"""``slimkit`` command line: list-methods, profile, compress, eval, bench, export, plan, demo.
 
 User mistakes (bad recipe, unknown spec or task, missing data, corrupt artifact, bad
 option values) exit with status 2 and a one-line reason on stderr; ``--debug`` shows the
@@ -112,6 +112,10 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--trust-code", action="store_true", help=_TRUST_HELP)
     s.add_argument("--json", action="store_true")
 
+    from .plan import add_parser as add_plan_parser
+
+    add_plan_parser(sub, at_least)
+
     s = sub.add_parser("demo", help="compress the embedded default models and print before/after tables")
     s.add_argument("--skip-minilm", action="store_true")
     s.add_argument("--json", action="store_true")
@@ -206,6 +210,15 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _plan(args: argparse.Namespace) -> int:
+    from ..plan.report import render_markdown
+    from .plan import run
+
+    report = run(args)
+    _emit(report, args.json, render_markdown(report) + f"\nwritten to {args.out}")
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -215,7 +228,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 _COMMANDS = {"list-methods": _list_methods, "profile": _profile, "compress": _compress, "eval": _eval,
-             "bench": _bench, "export": _export, "demo": _demo}
+             "bench": _bench, "export": _export, "plan": _plan, "demo": _demo}
 
 
 class Terminated(KeyboardInterrupt):

@@ -20,6 +20,7 @@ from .task_base import (
     Task,
     accuracy,
     check_limit,
+    check_split,
     chunks,
     fixed_subset,
     model_device,
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
     from .specs import ZooModel
 
 EVAL_BATCH = 50
+DEV_SIZE, DEV_SEED = 300, 1  # digits has no held-out dev split: a seeded subset of train (see DigitsTask)
 
 
 def classification_metrics(model: nn.Module, batches: Sequence[Any], labels: torch.Tensor,
@@ -69,16 +71,24 @@ class DigitsTask(Task):
             raise DataError(f"task 'digits' needs [B, 1, 8, 8] inputs; {zm.spec} takes {zm.input_shape}")
 
     def evaluate(self, model: nn.Module | ZooModel, zm: ZooModel | None = None, *,
-                 reference: nn.Module | None = None, limit: int | None = None) -> dict[str, float]:
+                 reference: nn.Module | None = None, limit: int | None = None,
+                 split: str = "test") -> dict[str, float]:
+        """``split="dev"``: a fixed-seed subset of DEV_SIZE images of the training split (the test
+        split is never looked at; the CNN has seen these images, so dev numbers rank damage, they
+        are not an accuracy estimate)."""
         from .digits import digits_split
 
         check_limit(limit)
+        check_split(self.name, split)
         if zm is None and isinstance(model, nn.Module):  # the inputs need no tokenizer or preprocessing
             from .specs import ZooModel
 
             zm = ZooModel(model=model, spec="zoo:digits-cnn", family="image", input_shape=(1, 8, 8))
         model, zm = self.resolve(model, zm)
-        _, _, x, y = digits_split()
+        x_tr, y_tr, x, y = digits_split()
+        if split == "dev":
+            idx = fixed_subset(len(y_tr), DEV_SIZE, seed=DEV_SEED)
+            x, y = x_tr[idx], y_tr[idx]
         x, y = x[:limit], y[:limit]
         return classification_metrics(model, [x[s] for s in chunks(len(y), 256)], y, reference)
 
@@ -117,12 +127,15 @@ class ImageNetSampleTask(Task):
             raise DataError(f"task 'imagenet-sample' needs an RGB model with a pixel preprocessor; {zm.spec} has none")
 
     def evaluate(self, model: nn.Module | ZooModel, zm: ZooModel | None = None, *,
-                 reference: nn.Module | None = None, limit: int | None = None) -> dict[str, float]:
+                 reference: nn.Module | None = None, limit: int | None = None,
+                 split: str = "test") -> dict[str, float]:
+        """``split="dev"`` scores the calibration half (the first 500 images), never the evaluation half."""
         from .data import imagenet_sample
 
         check_limit(limit)
+        check_split(self.name, split)
         model, zm = self.resolve(model, zm)
-        images, labels = imagenet_sample("eval")
+        images, labels = imagenet_sample("eval" if split == "test" else "calib")
         images, labels = images[:limit], labels[:limit]
         pre = zm.preprocess
         assert pre is not None

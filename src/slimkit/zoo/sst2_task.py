@@ -15,7 +15,7 @@ from torch import nn
 
 from ..core.context import call_model
 from ..core.errors import DataError
-from .task_base import EpochBatches, accuracy, check_limit, model_device, outputs_of, to_device
+from .task_base import EpochBatches, accuracy, check_limit, check_split, model_device, outputs_of, to_device
 from .text_tasks import MAX_LENGTH, _TextTask, encode_sorted
 
 if TYPE_CHECKING:
@@ -49,12 +49,14 @@ class Sst2Task(_TextTask):
         return result
 
     def evaluate(self, model: nn.Module | ZooModel, zm: ZooModel | None = None, *,
-                 reference: nn.Module | None = None, limit: int | None = None) -> dict[str, float]:
+                 reference: nn.Module | None = None, limit: int | None = None,
+                 split: str = "test") -> dict[str, float]:
         from .data import read_sst2
 
         check_limit(limit)
+        check_split(self.name, split)
         model, zm = self.resolve(model, zm)
-        texts, labels = read_sst2("test")
+        texts, labels = read_sst2(split)
         texts, labels = texts[:limit], labels[:limit]
         pred = self.logits(model, zm, texts).argmax(dim=1)
         out = {"accuracy": accuracy(pred, torch.tensor(labels)), "n": float(len(labels))}

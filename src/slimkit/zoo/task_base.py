@@ -177,10 +177,11 @@ def fixed_subset(n: int, k: int, seed: int = 0) -> torch.Tensor:
 class Task:
     """A data set plus a headline metric, and the batches compression methods need from it.
 
-    - ``evaluate(model, zm, *, reference=None, limit=None) -> dict[str, float]``: the metrics;
-      ``model`` may be a compressed copy of ``zm.model`` or the :class:`ZooModel` itself; with
+    - ``evaluate(model, zm, *, reference=None, limit=None, split="test") -> dict[str, float]``: the
+      metrics; ``model`` may be a compressed copy of ``zm.model`` or the :class:`ZooModel` itself; with
       ``reference`` (usually the dense model) agreement/fidelity numbers are added; ``limit``
-      evaluates on a prefix only (quick checks; not for reported figures).
+      evaluates on a prefix only (quick checks; not for reported figures); ``split="dev"`` scores
+      the split tuning may look at (the planner's sensitivity), never the test split.
     - ``calibration_batches(zm, n_batches, batch_size)``: forward-only input batches.
     - ``train_batches(zm, batch_size, *, epochs=1, seed=0)`` and ``loss_fn(model, batch)``
       where ``has_training`` (batches are ``(inputs, target)``).
@@ -214,7 +215,8 @@ class Task:
         return model, zm
 
     def evaluate(self, model: nn.Module | ZooModel, zm: ZooModel | None = None, *,
-                 reference: nn.Module | None = None, limit: int | None = None) -> dict[str, float]:
+                 reference: nn.Module | None = None, limit: int | None = None,
+                 split: str = "test") -> dict[str, float]:
         raise NotImplementedError
 
     def calibration_batches(self, zm: ZooModel, n_batches: int, batch_size: int) -> list[Any]:
@@ -229,6 +231,15 @@ class Task:
 
     def loss_fn(self, model: nn.Module, batch: Any) -> torch.Tensor:
         raise DataError(f"task {self.name!r} has no training loss (has_training is False)")
+
+
+SPLITS = ("dev", "test")
+
+
+def check_split(task: str, split: str) -> None:
+    """``split`` must be ``dev`` (for tuning) or ``test`` (for reported figures)."""
+    if split not in SPLITS:
+        raise DataError(f"task {task!r} has no split {split!r}; expected one of {', '.join(SPLITS)}")
 
 
 def check_limit(limit: int | None) -> None:

@@ -25,6 +25,7 @@ from .task_base import (
     Task,
     accuracy,
     check_limit,
+    check_split,
     chunks,
     fixed_subset,
     model_device,
@@ -175,13 +176,15 @@ class StsbTask(_TextTask):
         return list(dict.fromkeys(s1 + s2))
 
     def evaluate(self, model: nn.Module | ZooModel, zm: ZooModel | None = None, *,
-                 reference: nn.Module | None = None, limit: int | None = None) -> dict[str, float]:
+                 reference: nn.Module | None = None, limit: int | None = None,
+                 split: str = "test") -> dict[str, float]:
         from .data import read_stsb
 
         check_limit(limit)
+        check_split(self.name, split)
         model, zm = self.resolve(model, zm)
         assert zm.tokenizer is not None
-        s1, s2, gold = read_stsb("test")
+        s1, s2, gold = read_stsb(split)
         s1, s2, gold = s1[:limit], s2[:limit], gold[:limit]
         texts = list(dict.fromkeys(s1 + s2))  # each distinct sentence is embedded once
         pos = {t: i for i, t in enumerate(texts)}
@@ -238,14 +241,16 @@ class Sst2ProbeTask(_TextTask):
         return read_sst2("train")[0]
 
     def evaluate(self, model: nn.Module | ZooModel, zm: ZooModel | None = None, *,
-                 reference: nn.Module | None = None, limit: int | None = None) -> dict[str, float]:
+                 reference: nn.Module | None = None, limit: int | None = None,
+                 split: str = "test") -> dict[str, float]:
         from .data import read_sst2
 
         check_limit(limit)
+        check_split(self.name, split)
         model, zm = self.resolve(model, zm)
         assert zm.tokenizer is not None
         tr_x, tr_y = read_sst2("train")
-        te_x, te_y = read_sst2("test")
+        te_x, te_y = read_sst2(split)
         n_train = PROBE_TRAIN if limit is None else min(PROBE_TRAIN, limit)
         sub = fixed_subset(len(tr_x), n_train).tolist()
         train_texts, train_y = [tr_x[i] for i in sub], np.asarray([tr_y[i] for i in sub])
