@@ -67,6 +67,7 @@ def test_missing_ray_is_a_slimkit_error(monkeypatch: pytest.MonkeyPatch, tmp_pat
     rc = main(_args(tmp_path, "o", "--workers", "2"))
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and "slimkit[plan]" in err[0]
+    assert not (tmp_path / "o").exists()  # refused before any work
 
 
 @pytest.mark.parametrize("address, needle", [("127.0.0.1:1", "no Ray cluster answers"), ("nonsense", "HOST:PORT")])
@@ -77,6 +78,7 @@ def test_bad_ray_address_exits_2_with_one_line(tmp_path: Path, capsys: pytest.Ca
     rc = main(_args(tmp_path, "o", "--ray-address", address))
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and needle in err[0] and address in err[0]
+    assert not (tmp_path / "o").exists()
     assert time.perf_counter() - t0 < 30  # refused at once, not after Ray's minutes of retries
 
 
@@ -105,10 +107,11 @@ def test_ray_results_in_input_order_and_failures_named() -> None:
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import the tests
     names = ["a", "b", "c", "d"]
     seeds = [trial_seed(3, n) for n in names]
-    with RayExecutor(2) as ex:
-        assert ray.is_initialized() and ex.started
-        remote = ex.map(_draw, names, names=names, seeds=seeds)
-        with pytest.raises(TrialError, match=r"trial 'neg' failed: ValueError: math domain error"):
+    with pytest.raises(TrialError, match=r"trial 'neg' failed: ValueError: math domain error"):
+        with RayExecutor(2) as ex:
+            assert ray.is_initialized() and ex.started
+            remote = ex.map(_draw, names, names=names, seeds=seeds)
             ex.map(math.sqrt, [4.0, -1.0, 9.0], names=["ok", "neg", "ok2"], seeds=[1, 2, 3])
-    assert not ray.is_initialized()
+    assert not ray.is_initialized()  # shut down on the way out of the error, too
+    assert [r[0] for r in remote] == names  # input order
     assert remote == SerialExecutor().map(_draw, names, names=names, seeds=seeds)  # same draws on workers

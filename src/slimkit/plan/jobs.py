@@ -87,6 +87,11 @@ def register_setup(loaded: LoadedSetup) -> LoadedSetup:
     return loaded
 
 
+def release_setup(setup: TrialSetup) -> None:
+    """Forget ``setup`` in this process (the driver, once its trials are done)."""
+    _LOADED.pop(setup, None)
+
+
 def load_setup(setup: TrialSetup) -> LoadedSetup:
     """This process's copy of ``setup`` (built on first use, then kept); refuses other weights."""
     if setup in _LOADED:
@@ -120,4 +125,4 @@ class SensitivityTrial:
 
 
 __all__ = ["LoadedSetup", "SensitivityTrial", "TrialSetup", "load_setup", "open_setup", "plan_context",
-           "register_setup"]
+           "register_setup", "release_setup"]

@@ -26,14 +26,14 @@ from ..core import ConfigError, MethodError
 from ..core.api import atomic_write
 from ..core.cpu import int8_isa
 from .budget import Budgets, parse_budgets
-from .jobs import SensitivityTrial, open_setup, plan_context
+from .jobs import SensitivityTrial, open_setup, plan_context, release_setup
 from .lut import PlanRuntime, build_lut
 from .problem import build_problem
 from .report import render_markdown
 from .sensitivity import SensitivityCache, apply_action, measure_sensitivity, points
 from .solve import SOLVERS, solve
 from .space import SpaceConfig, build_space
-from .trials import open_executor
+from .trials import check_parallel, open_executor
 from .verify import verify
 
 RUNTIMES = ("eager", "pt2e", "onnx")
@@ -68,8 +68,7 @@ def plan(model_spec: str, task_name: str, budgets: Budgets | Sequence[str], *, o
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} is a file, not a folder", key="out")
     log = (lambda _m: None) if quiet else (lambda m: print(f"slimkit plan: {m}", file=sys.stderr, flush=True))
-    if workers is not None and workers < 1:
-        raise ConfigError(f"workers must be at least 1, got {workers}", key="workers")
+    check_parallel(workers, ray_address)  # no Ray, a dead address: refused before the model loads
     loaded = open_setup(model_spec, task_name, seed=seed, dev_limit=dev_limit)
     zm, task, ctx, base = loaded.zm, loaded.task, loaded.ctx, loaded.base
     out.mkdir(parents=True, exist_ok=True)
@@ -85,11 +84,14 @@ def plan(model_spec: str, task_name: str, budgets: Budgets | Sequence[str], *, o
     folder = Path(cache_dir) if cache_dir is not None else zoo.cache_dir() / "plan"
     cache = SensitivityCache(folder, loaded.setup.model_hash)
     data_key = f"{task_name}|dev|limit={dev_limit}|seed={seed}|slimkit={__version__}"
-    with open_executor(workers, ray_address) as executor:  # Ray started here is shut down here, also on errors
-        sens = measure_sensitivity(base, units, ctx, evaluate=dev_points, size_of=size_of, data_key=data_key,
-                                   cache=cache, log=log, executor=executor, trial=SensitivityTrial(loaded.setup),
-                                   seed=seed)
-        trials_on = executor.describe()
+    try:
+        with open_executor(workers, ray_address) as executor:  # Ray started here is shut down here, also on errors
+            trials_on = executor.describe()
+            sens = measure_sensitivity(base, units, ctx, evaluate=dev_points, size_of=size_of, data_key=data_key,
+                                       cache=cache, log=log, executor=executor,
+                                       trial=SensitivityTrial(loaded.setup), seed=seed)
+    finally:
+        release_setup(loaded.setup)  # the registry holds the model only while trials may run
     _write_json(out / "sensitivity.json", {"model": model_spec, "task": task_name, "split": "dev",
                                            "cache": str(cache.path), **sens.to_dict()})
 

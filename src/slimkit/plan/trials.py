@@ -132,7 +132,7 @@ def import_ray() -> ModuleType:
     return ray
 
 
-def _reachable(address: str, timeout: float = 5.0) -> None:
+def check_address(address: str, timeout: float = 5.0) -> None:
     """Fail fast on a cluster address nothing answers at: ``ray.init`` retries such an address for
     minutes. ``auto`` (find the running cluster) is left to Ray, which refuses it at once."""
     if address == "auto":
@@ -169,7 +169,7 @@ class RayExecutor(_Executor):
                 self.started = True
                 self.ray.init(num_cpus=workers, include_dashboard=False, **quiet)
             else:
-                _reachable(address)
+                check_address(address)
                 self.ray.init(address=address, **quiet)
         except ConfigError:
             raise
@@ -225,6 +225,16 @@ class RayExecutor(_Executor):
             self.ray.shutdown()
 
 
+def check_parallel(workers: int | None, address: str | None) -> None:
+    """Refuse a parallel request that cannot work (no Ray, a dead address) before any work is done."""
+    if workers is not None and workers < 1:
+        raise ConfigError(f"workers must be at least 1, got {workers}", key="workers")
+    if workers is not None or address is not None:
+        import_ray()
+    if address is not None:
+        check_address(address)
+
+
 def open_executor(workers: int | None = None, address: str | None = None, *, threads: int = 1) -> _Executor:
     """Serial when neither is given; else Ray (local with ``workers`` CPUs, or the cluster at ``address``)."""
     if workers is None and address is None:
@@ -234,5 +244,5 @@ def open_executor(workers: int | None = None, address: str | None = None, *, thr
 
 Executor = _Executor
 
-__all__ = ["Executor", "RayExecutor", "SerialExecutor", "TrialError", "import_ray", "open_executor", "run_trial",
+__all__ = ["Executor", "RayExecutor", "SerialExecutor", "TrialError", "check_address", "check_parallel", "import_ray", "open_executor", "run_trial",
            "trial_seed"]
