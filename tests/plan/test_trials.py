@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import signal
 import sys
 import time
 from pathlib import Path
@@ -107,9 +108,11 @@ def test_ray_results_in_input_order_and_failures_named() -> None:
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import the tests
     names = ["a", "b", "c", "d"]
     seeds = [trial_seed(3, n) for n in names]
+    sigterm = signal.getsignal(signal.SIGTERM)
     with pytest.raises(TrialError, match=r"trial 'neg' failed: ValueError: math domain error"):
         with RayExecutor(2) as ex:
             assert ray.is_initialized() and ex.started
+            assert signal.getsignal(signal.SIGTERM) is sigterm  # ray.init's own handler did not stay
             remote = ex.map(_draw, names, names=names, seeds=seeds)
             ex.map(math.sqrt, [4.0, -1.0, 9.0], names=["ok", "neg", "ok2"], seeds=[1, 2, 3])
     assert not ray.is_initialized()  # shut down on the way out of the error, too

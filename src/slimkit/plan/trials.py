@@ -15,8 +15,8 @@ worker rebuilds the model once). Each worker runs torch with ``threads`` threads
 default): N one-thread workers on N cores do not oversubscribe the machine. A trial that
 raises (or a worker that dies) becomes a :class:`TrialError` naming the trial; the remaining
 trials are cancelled. A Ray instance slimkit started is always shut down (``close``, the
-``with`` block, also on errors and Ctrl-C); one it connected to (``address``) or found already
-running is left running.
+``with`` block, also on errors, Ctrl-C and SIGTERM); from a cluster it connected to (``address``)
+it only disconnects, and a Ray session the caller had already started is left as it was.
 
 Timing trials never go through here: latency is measured serially in the driver (plan/lut.py),
 because concurrent timings on one machine disturb each other.
@@ -27,7 +27,9 @@ import hashlib
 import logging
 import os
 import random
+import signal
 import socket
+import threading
 from collections.abc import Callable, Sequence
 from types import ModuleType, TracebackType
 from typing import Any, TypeVar
@@ -162,24 +164,26 @@ class RayExecutor(_Executor):
         self.workers = workers or 0
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no phoning home from a planner run
         quiet: dict[str, Any] = {"log_to_driver": False, "logging_level": logging.ERROR}
-        if address is None and self.ray.is_initialized():
-            return  # the caller's own Ray session: use it, leave it running
+        if self.ray.is_initialized():
+            return  # the caller's own Ray session: use it as it is, leave it running
+        if address is not None:
+            check_address(address)
+        main = threading.current_thread() is threading.main_thread()
+        sigterm = signal.getsignal(signal.SIGTERM) if main else None
         try:
-            if address is None:
-                self.started = True
-                self.ray.init(num_cpus=workers, include_dashboard=False, **quiet)
+            self.started = True  # from here on close() shuts Ray down (a cluster: this driver disconnects)
+            if address is None:  # "local": a new instance even when RAY_ADDRESS points at a cluster
+                self.ray.init(address="local", num_cpus=workers, include_dashboard=False, **quiet)
             else:
-                check_address(address)
                 self.ray.init(address=address, **quiet)
-        except ConfigError:
-            raise
         except Exception as exc:
-            if self.started:
-                self.ray.shutdown()
+            self.close()
             where = "start a local Ray instance" if address is None else f"connect to the Ray cluster at {address!r}"
             first = (str(exc).strip().splitlines() or [""])[0][:200]
             raise ConfigError(f"could not {where}: {type(exc).__name__}: {first}") from None
-        self.started = address is None
+        finally:
+            if sigterm is not None:  # ray.init installs its own SIGTERM handler: keep the caller's (the CLI's)
+                signal.signal(signal.SIGTERM, sigterm)
 
     def describe(self) -> str:
         where = f"cluster {self.address}" if self.address else "local instance"
