@@ -180,7 +180,9 @@ class RayExecutor(_Executor):
             self.close()
             where = "start a local Ray instance" if address is None else f"connect to the Ray cluster at {address!r}"
             first = (str(exc).strip().splitlines() or [""])[0][:200]
-            raise ConfigError(f"could not {where}: {type(exc).__name__}: {first}") from None
+            hint = "" if address is None else ("; a cluster with token authentication also needs RAY_AUTH_MODE=token "
+                                               "and its token (RAY_AUTH_TOKEN or ~/.ray/auth_token) here")
+            raise ConfigError(f"could not {where}: {type(exc).__name__}: {first}{hint}") from None
         finally:
             if sigterm is not None:  # ray.init installs its own SIGTERM handler: keep the caller's (the CLI's)
                 signal.signal(signal.SIGTERM, sigterm)
