@@ -15,7 +15,10 @@ import torch
 import yaml
 
 from slimkit.cli.main import main
-from slimkit.core import ConfigError
+from slimkit.core import ConfigError, Context, ModelSpecError
+from slimkit.plan.jobs import TrialSetup, load_setup
+from slimkit.plan.sensitivity import SensitivityCache, measure_sensitivity, weights_hash
+from slimkit.plan.space import SpaceConfig, build_space
 from slimkit.plan.trials import RayExecutor, SerialExecutor, TrialError, import_ray, open_executor, trial_seed
 
 SPACE = {"include": ["features.3", "features.7", "classifier.0"], "channel_ratios": [0.5], "svd_ratios": [0.5],
@@ -118,3 +121,41 @@ def test_ray_results_in_input_order_and_failures_named() -> None:
     assert not ray.is_initialized()  # shut down on the way out of the error, too
     assert [r[0] for r in remote] == names  # input order
     assert remote == SerialExecutor().map(_draw, names, names=names, seeds=seeds)  # same draws on workers
+
+
+class _Recording(SerialExecutor):
+    """The serial executor, remembering which trials it was given."""
+
+    def __init__(self) -> None:
+        self.names: list[str] = []
+
+    def map(self, fn, items, *, names, seeds, on_result=None):  # type: ignore[no-untyped-def, override]
+        self.names += list(names)
+        return super().map(fn, items, names=names, seeds=seeds, on_result=on_result)
+
+
+def test_cached_trials_are_not_dispatched(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4)).eval()
+    x = torch.randn(8, 8, generator=torch.Generator().manual_seed(1))
+    units = build_space(model, SpaceConfig(quantize_dynamic=False))
+    ctx = Context(example_inputs=x[:1], calib_data=[x])
+
+    def run(executor: SerialExecutor) -> object:
+        cache = SensitivityCache(tmp_path, weights_hash(model))
+        return measure_sensitivity(model, units, ctx, evaluate=lambda m: float(m(x).detach().sum()), data_key="t",
+                                   size_of=lambda m: sum(p.numel() for p in m.parameters()), cache=cache,
+                                   executor=executor)
+
+    first, second = _Recording(), _Recording()
+    a, b = run(first), run(second)
+    assert first.names[0] == "(dense model)" and "0 / channels 50%" in first.names
+    assert len(first.names) == 1 + sum(len(u.actions) for u in units)
+    assert second.names == []  # everything came from the cache
+    assert [(r.unit, r.action, r.drop) for r in a.rows] == [(r.unit, r.action, r.drop) for r in b.rows]
+
+
+def test_a_worker_refuses_a_model_with_other_weights() -> None:
+    setup = TrialSetup("zoo:digits-cnn", "digits", 0, None, "0" * 64)
+    with pytest.raises(ModelSpecError, match="other weights"):
+        load_setup(setup)
