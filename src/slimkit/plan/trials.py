@@ -188,7 +188,7 @@ class RayExecutor(_Executor):
                 signal.signal(signal.SIGTERM, sigterm)
 
     def describe(self) -> str:
-        where = f"cluster {self.address}" if self.address else "local instance"
+        where = f"cluster {self.address}" if self.address else "local instance" if self.started else "(caller's session)"
         return f"Ray {where}, {self.workers or 'all'} worker(s), {self.threads} torch thread(s) each"
 
     def map(self, fn: Callable[[T], R], items: Sequence[T], *, names: Sequence[str], seeds: Sequence[int],
