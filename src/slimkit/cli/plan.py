@@ -35,6 +35,11 @@ def add_parser(sub: Any, at_least: Callable[[int], Any]) -> None:
     s.add_argument("--dev-limit", type=at_least(1),
                    help="score the first N dev samples only (sensitivity and back-off; faster, noisier; "
                         "part of the cache key)")
+    s.add_argument("--workers", type=at_least(1),
+                   help="run the sensitivity trials on a local Ray instance with N one-thread workers, started and "
+                        "stopped by slimkit (needs slimkit[plan]); latency is still timed serially. Default: serial")
+    s.add_argument("--ray-address", help="run the sensitivity trials on an existing Ray cluster (HOST:PORT, "
+                                         "ray://HOST:PORT or auto); every node needs slimkit, the model and the data")
     s.add_argument("--json", action="store_true")
 
 
@@ -47,4 +52,4 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return plan(args.model, args.task, budgets, out_dir=args.out, runtime=args.runtime, batch_size=args.batch_size,
                 seq_len=args.seq_len, space=space, solver=args.solver, cache_dir=args.cache, seed=args.seed,
                 rounds=args.rounds, threads=args.threads, max_backoff=args.max_backoff, dev_limit=args.dev_limit,
-                quiet=args.json)
+                quiet=args.json, workers=args.workers, ray_address=args.ray_address)

@@ -2,6 +2,8 @@
 
 - :mod:`.space`: planning units and candidate actions (recipe steps), :class:`SpaceConfig`.
 - :mod:`.sensitivity`: dev-split metric drop per action, cached on disk.
+- :mod:`.trials`: serial / Ray executors for the trials; :mod:`.jobs`: a trial's model and data
+  rebuilt from a spec on any worker.
 - :mod:`.lut`: latency lookup table on the serving runtime, and its additivity check.
 - :mod:`.solve`: multiple-choice knapsack solvers (DP, greedy), pure functions.
 - :mod:`.budget`: ``--budget`` strings.

@@ -19,37 +19,24 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from torch import nn
 
 from .. import zoo
 from .._version import __version__
-from ..core import ConfigError, Context, MethodError
+from ..core import ConfigError, MethodError
 from ..core.api import atomic_write
 from ..core.cpu import int8_isa
-from ..measure.profile import state_nbytes
 from .budget import Budgets, parse_budgets
+from .jobs import SensitivityTrial, open_setup, plan_context, release_setup
 from .lut import PlanRuntime, build_lut
 from .problem import build_problem
 from .report import render_markdown
-from .sensitivity import SensitivityCache, apply_action, measure_sensitivity, points, weights_hash
+from .sensitivity import SensitivityCache, apply_action, measure_sensitivity, points
 from .solve import SOLVERS, solve
 from .space import SpaceConfig, build_space
+from .trials import check_parallel, open_executor
 from .verify import verify
 
 RUNTIMES = ("eager", "pt2e", "onnx")
-
-
-def plan_context(zm: zoo.ZooModel, task: zoo.Task, *, seed: int, calib_batches: int = 8,
-                 batch_size: int = 32) -> Context:
-    """The data the candidate actions may need (calibration, training batches and loss); no test data."""
-    ctx = Context(example_inputs=zm.example_inputs(1), seed=seed, progress=False)
-    ctx.calib_data = task.calibration_batches(zm, calib_batches, batch_size)
-    if task.has_training:
-        ctx.train_data = task.train_batches(zm, batch_size, seed=seed)
-        ctx.loss_fn = task.loss_fn
-    ctx.eval_fn = lambda model: task.evaluate(model, zm, split="dev")
-    ctx.teacher = zm.model
-    return ctx
 
 
 def _write_json(path: Path, doc: Any) -> None:
@@ -61,8 +48,14 @@ def plan(model_spec: str, task_name: str, budgets: Budgets | Sequence[str], *, o
          runtime: PlanRuntime = "eager", batch_size: int = 1, seq_len: int = 128,
          space: SpaceConfig | None = None, solver: str = "dp", cache_dir: str | Path | None = None, seed: int = 0,
          rounds: int = 5, iters: int = 5, threads: int | None = None, max_backoff: int = 3,
-         dev_limit: int | None = None, quiet: bool = False) -> dict[str, Any]:
-    """Find, write and verify a recipe for ``model_spec`` that meets ``budgets`` (see the module docstring)."""
+         dev_limit: int | None = None, quiet: bool = False, workers: int | None = None,
+         ray_address: str | None = None) -> dict[str, Any]:
+    """Find, write and verify a recipe for ``model_spec`` that meets ``budgets`` (see the module docstring).
+
+    ``workers`` / ``ray_address``: run the sensitivity trials on a local Ray instance with that many
+    one-thread workers (started and shut down here) or on an existing cluster; by default they run
+    serially in this process. Either way the plan is the same. Latency is always timed here, serially.
+    """
     t0 = time.perf_counter()
     budgets = budgets if isinstance(budgets, Budgets) else parse_budgets(budgets)
     if budgets.empty():
@@ -75,12 +68,10 @@ def plan(model_spec: str, task_name: str, budgets: Budgets | Sequence[str], *, o
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} is a file, not a folder", key="out")
     log = (lambda _m: None) if quiet else (lambda m: print(f"slimkit plan: {m}", file=sys.stderr, flush=True))
-    task = zoo.get_task(task_name)
-    zm = zoo.load(model_spec)
-    task.check_model(zm)
+    check_parallel(workers, ray_address)  # no Ray, a dead address: refused before the model loads
+    loaded = open_setup(model_spec, task_name, seed=seed, dev_limit=dev_limit)
+    zm, task, ctx, base = loaded.zm, loaded.task, loaded.ctx, loaded.base
     out.mkdir(parents=True, exist_ok=True)
-    base = zm.model.eval()
-    ctx = plan_context(zm, task, seed=seed)
     inputs = zm.example_inputs(batch_size, seq_len) if zm.family == "text" else zm.example_inputs(batch_size)
     space = space or SpaceConfig()
     if runtime != "eager" and space.quantize_dynamic:  # its int8 modules run in PyTorch only
@@ -89,17 +80,18 @@ def plan(model_spec: str, task_name: str, budgets: Budgets | Sequence[str], *, o
     units = build_space(base, space)
     log(f"{model_spec}: {len(units)} unit(s), {sum(len(u.actions) for u in units)} candidate action(s)")
 
-    def dev_points(model: nn.Module) -> float:
-        return points(task.evaluate(model, zm, split="dev", limit=dev_limit), task.metric)
-
-    def size_of(model: nn.Module) -> int:  # what measure.profile reports as bytes on disk, without a trace
-        return int(state_nbytes(model.state_dict()))
-
+    dev_points, size_of = loaded.dev_points, loaded.size_of
     folder = Path(cache_dir) if cache_dir is not None else zoo.cache_dir() / "plan"
-    cache = SensitivityCache(folder, weights_hash(base))
+    cache = SensitivityCache(folder, loaded.setup.model_hash)
     data_key = f"{task_name}|dev|limit={dev_limit}|seed={seed}|slimkit={__version__}"
-    sens = measure_sensitivity(base, units, ctx, evaluate=dev_points, size_of=size_of, data_key=data_key,
-                               cache=cache, log=log)
+    try:
+        with open_executor(workers, ray_address) as executor:  # Ray started here is shut down here, also on errors
+            trials_on = executor.describe()
+            sens = measure_sensitivity(base, units, ctx, evaluate=dev_points, size_of=size_of, data_key=data_key,
+                                       cache=cache, log=log, executor=executor,
+                                       trial=SensitivityTrial(loaded.setup), seed=seed)
+    finally:
+        release_setup(loaded.setup)  # the registry holds the model only while trials may run
     _write_json(out / "sensitivity.json", {"model": model_spec, "task": task_name, "split": "dev",
                                            "cache": str(cache.path), **sens.to_dict()})
 
@@ -144,7 +136,7 @@ def plan(model_spec: str, task_name: str, budgets: Budgets | Sequence[str], *, o
         "runtime": runtime, "batch_size": batch_size, "seq_len": seq_len if zm.family == "text" else None,
         "solver": solver, "objective": problem.objective, "limits": problem.limits, "space": space.to_dict(),
         "units": len(units), "actions": sum(len(u.actions) for u in units),
-        "sensitivity_evaluations": sens.evaluations, "not_paying": problem.not_paying,
+        "sensitivity_evaluations": sens.evaluations, "trials_on": trials_on, "not_paying": problem.not_paying,
         "untimed": [f"{e.unit} / {e.action}" for e in lut.entries if e.error is not None],
         "base": {"dev": sens.base_metric, "test": base_test, "size_bytes": sens.base_size_bytes,
                  "latency_ms": lut.base_ms},

@@ -14,7 +14,8 @@ def render_markdown(r: dict[str, Any]) -> str:
     lines = [f"# slimkit plan: {r['model']} on {r['task']} ({r['runtime']}, batch {r['batch_size']})", "",
              f"Budgets: {', '.join(f'{k}={v}' for k, v in b.items() if v is not None)}; solver {r['solver']} "
              f"(minimise {r['objective']}); {r['units']} units, {r['actions']} candidate actions; "
-             f"{r['sensitivity_evaluations']} dev evaluations this run (the rest from the cache).", "",
+             f"{r['sensitivity_evaluations']} dev evaluations this run (the rest from the cache)"
+             + (f", trials on {r['trials_on']}." if r.get("trials_on") else "."), "",
              "| | predicted | measured |", "|---|---|---|",
              f"| speed-up vs dense ({r['runtime']}) | {_f(p['speedup'])}x | {_f(m['speedup'])}x |",
              f"| {r['metric']} drop, dev (points) | {_f(p['drop'])} | {_f(m['dev_drop'])} |",

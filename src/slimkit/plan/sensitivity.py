@@ -7,6 +7,8 @@ file per model, keyed by a hash of the model's weights, the action's recipe step
 data key (task, split, limit), so a second run (another budget, another runtime) re-uses
 them and evaluates nothing. An action the method refuses on this model (a
 :class:`SlimkitError`) is recorded as infeasible, with the reason, and left out of the search.
+The trials not in the cache run on an executor (plan/trials.py): serially in-process, or in
+parallel on Ray workers, with the same per-trial seeds and so the same results.
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ from torch import nn
 from ..core import Context, Recipe, SlimkitError
 from ..core.api import atomic_write
 from .space import Action, Unit
+from .trials import Executor, SerialExecutor, trial_seed
 
 Evaluate = Callable[[nn.Module], float]
 SizeOf = Callable[[nn.Module], int]
@@ -116,44 +119,79 @@ def apply_action(model: nn.Module, action: Action, ctx: Context) -> nn.Module:
     return Recipe.from_dict({"name": action.label, "steps": list(action.steps)}).run(model, ctx)
 
 
+@dataclasses.dataclass
+class LocalTrial:
+    """The in-process trial: score ``action`` applied to ``model`` (the planner sends a
+    :class:`~slimkit.plan.jobs.SensitivityTrial` instead, which rebuilds the model from its spec)."""
+
+    model: nn.Module
+    ctx: Context
+    evaluate: Evaluate
+    size_of: SizeOf
+
+    def __call__(self, action: Action) -> dict[str, Any]:
+        try:
+            changed = apply_action(self.model, action, self.ctx) if action.steps else self.model
+        except SlimkitError as exc:
+            return {"error": str(exc).replace("\n", " ")}
+        return {"metric": float(self.evaluate(changed)), "size_bytes": int(self.size_of(changed))}
+
+
 def measure_sensitivity(model: nn.Module, units: Sequence[Unit], ctx: Context, *, evaluate: Evaluate,
                         size_of: SizeOf, data_key: str, cache: SensitivityCache | None = None,
-                        log: Callable[[str], None] = lambda _m: None) -> SensitivityTable:
-    """Score every action of every unit alone against the unchanged model (see the module docstring)."""
-    runs = 0
+                        log: Callable[[str], None] = lambda _m: None, executor: Executor | None = None,
+                        trial: Callable[[Action], dict[str, Any]] | None = None,
+                        seed: int = 0) -> SensitivityTable:
+    """Score every action of every unit alone against the unchanged model (see the module docstring).
 
-    def scored(key: str, make: Callable[[], nn.Module]) -> tuple[dict[str, Any], bool]:
-        nonlocal runs
+    Cached trials are not dispatched; the others go to ``executor`` (serial by default) as
+    ``trial(action)`` (default: :class:`LocalTrial` on ``model``), each under a seed derived from
+    ``seed`` and its cache key, and each result is cached as soon as it arrives.
+    """
+    executor = executor or SerialExecutor()
+    trial = trial or LocalTrial(model, ctx, evaluate, size_of)
+    keep = Action("keep", ())
+    jobs = [("(dense model)", keep)] + [(u.name, a) for u in units for a in u.actions]
+    names = ["(dense model)"] + [f"{u} / {a.label}" for u, a in jobs[1:]]
+    keys = [action_key(a, data_key) for _, a in jobs]
+    entries: dict[str, dict[str, Any]] = {}
+    cached: set[str] = set()
+    todo: dict[str, int] = {}  # key -> first job with it, in input order
+    for i, key in enumerate(keys):
         hit = cache.get(key) if cache is not None else None
         if hit is not None:
-            return hit, True
-        try:
-            changed = make()
-        except SlimkitError as exc:
-            entry: dict[str, Any] = {"error": str(exc).replace("\n", " ")}
+            entries[key] = hit
+            cached.add(key)
         else:
-            runs += 1
-            entry = {"metric": float(evaluate(changed)), "size_bytes": int(size_of(changed))}
+            todo.setdefault(key, i)
+    order = list(todo.values())
+    if order:
+        log(f"sensitivity: {len(order)} trial(s) on {executor.describe()}, {len(cached)} from the cache")
+
+    def arrived(j: int, entry: dict[str, Any]) -> None:
+        key = keys[order[j]]
+        entries[key] = entry
         if cache is not None:
             cache.put(key, entry)
-        return entry, False
 
-    base, _ = scored(action_key(Action("keep", ()), data_key), lambda: model)
+    executor.map(trial, [jobs[i][1] for i in order], names=[names[i] for i in order],
+                 seeds=[trial_seed(seed, keys[i]) for i in order], on_result=arrived)
+    runs = sum(1 for i in order if "error" not in entries[keys[i]])
+    base = entries[keys[0]]
     if "error" in base:  # pragma: no cover - the unchanged model cannot be refused
         raise SlimkitError(base["error"])
     rows = []
-    for unit in units:
-        for action in unit.actions:
-            entry, cached = scored(action_key(action, data_key), lambda a=action: apply_action(model, a, ctx))
-            metric = entry.get("metric")
-            drop = None if metric is None else base["metric"] - metric
-            rows.append(SensitivityRow(unit.name, action.label, metric, drop, entry.get("size_bytes"), cached,
-                                       entry.get("error")))
-            log(f"sensitivity {unit.name} / {action.label}: "
-                + (f"drop {drop:+.2f}" if drop is not None else f"refused ({entry['error'][:80]})")
-                + (" (cached)" if cached else ""))
+    for (unit, action), name, key in zip(jobs[1:], names[1:], keys[1:]):
+        entry = entries[key]
+        metric = entry.get("metric")
+        drop = None if metric is None else base["metric"] - metric
+        rows.append(SensitivityRow(unit, action.label, metric, drop, entry.get("size_bytes"), key in cached,
+                                   entry.get("error")))
+        log(f"sensitivity {name}: "
+            + (f"drop {drop:+.2f}" if drop is not None else f"refused ({entry['error'][:80]})")
+            + (" (cached)" if key in cached else ""))
     return SensitivityTable(base["metric"], int(base["size_bytes"]), rows, runs)
 
 
-__all__ = ["SensitivityCache", "SensitivityRow", "SensitivityTable", "action_key", "apply_action",
+__all__ = ["LocalTrial", "SensitivityCache", "SensitivityRow", "SensitivityTable", "action_key", "apply_action",
            "measure_sensitivity", "points", "weights_hash"]
