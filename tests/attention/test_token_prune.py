@@ -74,7 +74,7 @@ def test_keep_one_is_identical_to_the_original() -> None:
 
 
 @pytest.mark.parametrize("impl", ["sdpa", "eager"])
-@pytest.mark.parametrize("score", ["cls", "mean"])
+@pytest.mark.parametrize("score", ["cls", "mean", "key_norm"])
 def test_padded_rows_match_each_row_alone(impl: str, score: str) -> None:
     """Keep counts follow each row's real length; fillers and padding are masked."""
     pruned = prune(tiny_bert(impl=impl), keep=(1.0, 0.7, 0.5, 0.3), score=score)
@@ -300,3 +300,15 @@ def test_merge_and_min_keep_save_restore_and_config_checks(tmp_path: Path) -> No
         manifest.write_text(text.replace(old, new))
         with pytest.raises(ArtifactError):
             slimkit.restore(tmp_path / "m", model=lambda: tiny_bert(seed=1))
+
+
+def test_key_norm_score_keeps_the_largest_keys() -> None:
+    k = torch.tensor([[[0.0, 1.0], [3.0, 4.0], [0.1, 0.1], [2.0, 0.0], [9.0, 9.0]]])  # norms 1, 5, .14, 2, 12.7
+    alive = torch.tensor([[True, True, True, True, False]])
+    s = tm.key_norm_scores(torch.zeros_like(k), k, alive, heads=1)
+    torch.testing.assert_close(s, torch.tensor([[1.0, 5.0, 0.1 * 2 ** 0.5, 2.0, 0.0]]))
+    pos = torch.arange(5).expand(1, 5)
+    idx, ok = tm.select(s, torch.tensor([3]), alive, tm.protected(pos, alive.sum(1)), pos)
+    assert idx[0].tolist() == [0, 1, 3] and ok.all()  # [CLS], the largest key, the last real token
+    with pytest.raises(ConfigError):
+        TokenPruneAttention(keep=(1.0, 0.5), score="value_norm")

@@ -73,6 +73,15 @@ def mean_scores(q: torch.Tensor, k: torch.Tensor, alive: torch.Tensor, heads: in
     return ((probs * w).sum(2) / w.sum(2).clamp(min=1.0)).mean(1)  # [B, S]
 
 
+def key_norm_scores(q: torch.Tensor, k: torch.Tensor, alive: torch.Tensor, heads: int) -> torch.Tensor:
+    """Norm of each slot's key vector (all heads): ``[B, S]``; no attention product at all.
+
+    A key with a large norm draws large logits from most queries: a cheap stand-in for the attention
+    a token receives. On MiniLM / STS-B, read at block 0 (keys of the embeddings) it keeps more of the
+    mean-pooled content than [CLS] attention or the mean attention received (docs/attention.md)."""
+    return k.float().norm(dim=-1).masked_fill(~alive, 0.0)
+
+
 def keep_counts(lengths: torch.Tensor, fraction: float, min_keep: int = 0) -> torch.Tensor:
     """Tokens each row keeps: ``ceil(fraction * real length)``, at least ``min_keep`` and at least
     its first and last token (2), never more than its length. ``lengths [B]`` -> ``[B]``.
@@ -179,5 +188,5 @@ def kept_share(fractions: list[float]) -> float:
     return sum(fractions) / len(fractions) if fractions else 1.0
 
 
-__all__ = ["cls_scores", "gather_rows", "keep_counts", "kept_share", "mean_scores", "merge_rows", "merge_targets", "protected", "schedule",
+__all__ = ["cls_scores", "gather_rows", "keep_counts", "kept_share", "key_norm_scores", "mean_scores", "merge_rows", "merge_targets", "protected", "schedule",
            "select", "split_heads", "valid_from_mask", "write_back"]

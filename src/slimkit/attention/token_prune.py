@@ -11,7 +11,8 @@ shorter sequence.
 - **Scores** come from the previous block's own query/key projections, read by forward
   hooks on them: ``score="cls"`` is [CLS]'s attention row (one ``1 x S`` product per head,
   cheap), ``score="mean"`` the attention each token receives averaged over the real
-  queries (PoWER-BERT; one extra ``S x S`` product). The block itself keeps whatever
+  queries (PoWER-BERT; one extra ``S x S`` product), ``score="key_norm"`` each key's norm
+  (no product; best on MiniLM / STS-B when read at block 0). The block itself keeps whatever
   attention implementation the model uses (eager, sdpa, flash): no ``output_attentions``.
 - **Never dropped**: the first token ([CLS]) and each row's last real token ([SEP]).
   A sentence pair's middle [SEP] is scored like any other token.
@@ -23,6 +24,13 @@ shorter sequence.
 - **Full-length output**: each dropped token's last hidden state is scattered back to its
   position (as PoWER-BERT effectively does), so mean pooling over the original attention
   mask and [CLS] pooling both stay correct; ``last_hidden_state`` keeps its shape.
+- ``reduce="merge"`` (ToMe, Bolya et al. 2023): instead of being dropped, each removed token
+  is averaged (size-weighted) into its most similar kept token by key cosine; slots carry their
+  size, attention adds ``log(size)`` to their logits (eager / sdpa), and every position outputs
+  its group's final state, so mean pooling is the size-weighted mean. On MiniLM / STS-B it
+  scores *below* dropping (measured; see docs/attention.md).
+- ``min_keep``: every row keeps at least that many tokens, so short inputs (which gain little
+  speed) are not pruned; long rows are unaffected while ``fraction * length >= min_keep``.
 
 The schedule is one fraction per block (``keep``: the share of each row's real tokens the
 block processes; ``keep[0]`` must be 1.0, there are no scores before block 0), or
@@ -69,7 +77,7 @@ class TokenPruneAttention(MethodConfig):
     keep: tuple[float, ...] = ()
     start: int | None = None
     ratio: float | None = None
-    score: Literal["cls", "mean"] = "cls"
+    score: Literal["cls", "mean", "key_norm"] = "cls"
     reduce: Literal["drop", "merge"] = "drop"
     min_keep: int = 0
 
@@ -136,7 +144,7 @@ class TokenPruneEncoder(nn.Module):
             raise MethodError(f"{KIND}: block did not call its projections {list(self.qk)}; "
                               "the block was replaced by a form token pruning cannot score")
         q, k = got["q"].detach(), got["k"].detach()  # [B, S, h*d]
-        fn = tm.cls_scores if self.score == "cls" else tm.mean_scores
+        fn = {"cls": tm.cls_scores, "mean": tm.mean_scores, "key_norm": tm.key_norm_scores}[self.score]
         with torch.no_grad():
             return out, fn(q, k, alive, self._heads(block, q.shape[-1])), k
 
@@ -293,7 +301,7 @@ def replay_token_prune(model: nn.Module, record: Record) -> None:
             or not all(isinstance(f, (int, float)) and not isinstance(f, bool) and 0 < f <= 1 for f in fractions)
             or any(a < b for a, b in zip(fractions, fractions[1:]))):
         raise MethodError(f"{KIND} replay: fractions must be {n} non-increasing numbers in (0, 1], got {fractions!r}")
-    if score not in ("cls", "mean"):
+    if score not in ("cls", "mean", "key_norm"):
         raise MethodError(f"{KIND} replay: unknown score {score!r}")
     reduce, min_keep = d.get("reduce", "drop"), d.get("min_keep", 0)  # absent in records made before merging
     if reduce not in ("drop", "merge"):
