@@ -312,3 +312,15 @@ def test_key_norm_score_keeps_the_largest_keys() -> None:
     assert idx[0].tolist() == [0, 1, 3] and ok.all()  # [CLS], the largest key, the last real token
     with pytest.raises(ConfigError):
         TokenPruneAttention(keep=(1.0, 0.5), score="value_norm")
+
+
+def test_merge_needs_an_implementation_that_takes_a_logit_bias() -> None:
+    pruned = prune(tiny_bert(), keep=(1.0, 0.5, 0.5, 0.5), reduce="merge")
+    enc = pruned.encoder
+    h, alive, size = torch.zeros(1, 3, 32), torch.tensor([[True, True, False]]), torch.tensor([[1.0, 2.0, 0.0]])
+    bias = enc._mask(h, alive, size)  # [B, 1, 1, K]: log(size) on real slots, a huge negative on the rest
+    assert bias.shape == (1, 1, 1, 3) and bias[0, 0, 0, 1].item() == pytest.approx(0.6931, abs=1e-4)
+    assert bias[0, 0, 0, 2].item() < -1e30
+    enc.config._attn_implementation = "flash_attention_2"
+    with pytest.raises(MethodError, match="eager or sdpa"):
+        enc._mask(h, alive, size)
