@@ -9,6 +9,7 @@ A spec is ``/``-separated ``key=value`` pairs of :class:`TokenPruneAttention` fi
 comma-separated fractions). ``probe_score=random`` replaces the score function for that
 spec only (a reference point, not an option of the kind). Prints STS-B dev Spearman x100, the share of
 token-blocks the encoder processes on STS-B dev at natural lengths, and the share at 128 tokens.
+``--test`` also prints the test split: only to *report* a configuration already chosen on dev.
 """
 from __future__ import annotations
 
@@ -51,6 +52,8 @@ def parse(spec: str) -> tuple[TokenPruneAttention, str | None]:
 
 
 def main(specs: list[str]) -> None:
+    with_test = "--test" in specs
+    specs = [s for s in specs if s != "--test"]
     torch.set_num_threads(1)
     zm = zoo.load("zoo:minilm-l6")
     fp32 = zm.model.eval()
@@ -69,7 +72,8 @@ def main(specs: list[str]) -> None:
         fn = PROBE_SCORES[probe] if probe else None
         with mock.patch.multiple(tm, cls_scores=fn, mean_scores=fn) if fn else contextlib.nullcontext():
             dev = score(model, zm.tokenizer, "dev")
-        print(f"{spec:60s} dev {dev:6.2f}  share dev {share:.3f}  share@128 {at128:.3f}  ({time.time() - t0:.0f} s)",
+            test = f"  test {score(model, zm.tokenizer, 'test'):6.2f}" if with_test else ""
+        print(f"{spec:60s} dev {dev:6.2f}{test}  share dev {share:.3f}  share@128 {at128:.3f}  ({time.time() - t0:.0f} s)",
               flush=True)
 
 
