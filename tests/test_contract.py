@@ -306,6 +306,8 @@ VARIANTS: dict[str, tuple[str, str, dict[str, Any], dict[str, Any]]] = {
     "early-exit-patience-cls-linear": ("dynamic.early_exit", "tiny_bert_classifier", {
         "steps": 2, "criterion": "patience", "exit_patience": 1, "pooling": "cls", "head_hidden": 0}, {}),
     "window-no-global-tokens": ("attention.window", "tiny_bert", {"window": 2, "global_tokens": []}, {}),
+    "token-prune-merge-min-keep-key-norm": ("attention.token_prune", "tiny_bert", {
+        "keep": [1.0, 0.5], "reduce": "merge", "min_keep": 3, "score": "key_norm"}, {}),
 }
 
 

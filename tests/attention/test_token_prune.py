@@ -74,7 +74,7 @@ def test_keep_one_is_identical_to_the_original() -> None:
 
 
 @pytest.mark.parametrize("impl", ["sdpa", "eager"])
-@pytest.mark.parametrize("score", ["cls", "mean"])
+@pytest.mark.parametrize("score", ["cls", "mean", "key_norm"])
 def test_padded_rows_match_each_row_alone(impl: str, score: str) -> None:
     """Keep counts follow each row's real length; fillers and padding are masked."""
     pruned = prune(tiny_bert(impl=impl), keep=(1.0, 0.7, 0.5, 0.3), score=score)
@@ -222,3 +222,105 @@ def test_composes_with_dynamic_int8_and_restores(tmp_path: Path) -> None:
     restored = slimkit.restore(tmp_path / "q", model=lambda: tiny_bert(seed=1))
     with torch.no_grad():
         assert torch.equal(restored(**x).last_hidden_state, q(**x).last_hidden_state)
+
+
+def test_min_keep_leaves_short_rows_unpruned_and_long_rows_pruned() -> None:
+    assert tm.keep_counts(torch.tensor([20, 7, 2, 1, 0]), 0.3, 5).tolist() == [6, 5, 2, 1, 0]
+    model = tiny_bert()
+    pruned = prune(model, keep=(1.0, 0.5, 0.3, 0.3), min_keep=8)
+    x = batch([20, 6])
+    assert block_lengths(pruned, x) == [20, 10, 8, 8]  # ceil(.5 * 20); max(ceil(.3 * 20), 8)
+    with torch.no_grad():
+        got = pruned(**x).last_hidden_state
+        dense = model(**x).last_hidden_state
+    torch.testing.assert_close(got[1, :6], dense[1, :6], atol=1e-5, rtol=1e-5)  # 6 <= min_keep: untouched
+    assert not torch.allclose(got[0, :20], dense[0, :20], atol=1e-3)
+
+
+def test_merge_math_is_a_size_weighted_mean_into_the_most_similar_kept_slot() -> None:
+    keys = torch.tensor([[[1.0, 0.0], [0.0, 1.0], [0.1, 1.0], [1.0, 0.2], [1.0, 1.0]]])  # [1, 5, 2]
+    alive = torch.tensor([[True, True, True, True, False]])  # slot 4 is padding
+    index, kept = torch.tensor([[0, 1, 3, 4]]), torch.tensor([[True, True, True, False]])
+    always = torch.tensor([[True, False, False, False, False]])  # slot 0 is [CLS]: never a host
+    target = tm.merge_targets(keys, index, kept, alive, always)
+    assert target.tolist() == [[0, 1, 1, 2, 0]]  # slot 2 ~ slot 1 (new 1); slot 3 kept (new 2)
+    x = torch.tensor([[[1.0], [2.0], [6.0], [10.0], [99.0]]])
+    size = torch.tensor([[1.0, 1.0, 3.0, 1.0, 1.0]])
+    merged, new_size = tm.merge_rows(x, size, target, alive, index, kept)
+    assert merged[0, :3, 0].tolist() == [1.0, 5.0, 10.0] and new_size.tolist() == [[1.0, 4.0, 1.0, 0.0]]
+    assert merged[0, 3, 0].item() == 99.0  # a filler keeps a finite value (masked downstream)
+
+
+def test_merging_identical_tokens_with_proportional_attention_is_exact() -> None:
+    """Without positions a token and its twin have equal states: merging the twin into it (size 2,
+    +log 2 on its logits) must give every query and the full-length output exactly the dense result."""
+    model = tiny_bert(layers=4)
+    with torch.no_grad():
+        model.embeddings.position_embeddings.weight.zero_()
+    ids = torch.tensor([[2, 7, 7, 7, 9, 9, 9, 3]])
+    x = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    pruned = prune(copy.deepcopy(model), keep=(1.0, 0.875, 0.75, 0.75), reduce="merge")
+    assert block_lengths(pruned, x) == [8, 7, 6, 6]
+    with torch.no_grad():
+        got, dense = pruned(**x).last_hidden_state, model(**x).last_hidden_state
+    torch.testing.assert_close(got, dense, atol=1e-5, rtol=1e-5)
+    dropped = prune(copy.deepcopy(model), keep=(1.0, 0.875, 0.75, 0.75))  # dropping instead: not exact
+    with torch.no_grad():
+        assert not torch.allclose(dropped(**x).last_hidden_state, dense, atol=1e-4)
+
+
+@pytest.mark.parametrize("impl", ["sdpa", "eager"])
+def test_merge_rows_match_each_row_alone_and_pool_a_weighted_mean(impl: str) -> None:
+    pruned = prune(tiny_bert(impl=impl), keep=(1.0, 0.7, 0.5, 0.3), reduce="merge", min_keep=3)
+    lengths = [20, 13, 5, 2]
+    x = batch(lengths)
+    with torch.no_grad():
+        out = pruned(**x).last_hidden_state
+        for r, n in enumerate(lengths):
+            alone = pruned(input_ids=x["input_ids"][r:r + 1, :n], attention_mask=x["attention_mask"][r:r + 1, :n])
+            torch.testing.assert_close(out[r, :n], alone.last_hidden_state[0], atol=1e-5, rtol=1e-5)
+    distinct = len({tuple(v.tolist()) for v in out[0, :20]})
+    assert distinct == 6  # every position carries one of the ceil(0.3 * 20) final slots' states
+
+
+def test_merge_and_min_keep_save_restore_and_config_checks(tmp_path: Path) -> None:
+    pruned = prune(tiny_bert(), keep=(1.0, 0.7, 0.5, 0.3), reduce="merge", min_keep=4)
+    x = batch([20, 11])
+    slimkit.save(pruned, tmp_path / "m")
+    restored = slimkit.restore(tmp_path / "m", model=lambda: tiny_bert(seed=1))
+    with torch.no_grad():
+        assert torch.equal(restored(**x).last_hidden_state, pruned(**x).last_hidden_state)
+    assert (restored.encoder.reduce, restored.encoder.min_keep) == ("merge", 4)
+    for bad in ({"reduce": "fuse"}, {"min_keep": -1}, {"min_keep": True}):
+        with pytest.raises(ConfigError):
+            TokenPruneAttention(keep=(1.0, 0.5), **bad)
+    manifest = tmp_path / "m" / "manifest.json"
+    text = manifest.read_text()
+    for old, new in (('"reduce": "merge"', '"reduce": "fuse"'), ('"min_keep": 4', '"min_keep": -4')):
+        manifest.write_text(text.replace(old, new))
+        with pytest.raises(ArtifactError):
+            slimkit.restore(tmp_path / "m", model=lambda: tiny_bert(seed=1))
+
+
+def test_key_norm_score_keeps_the_largest_keys() -> None:
+    k = torch.tensor([[[0.0, 1.0], [3.0, 4.0], [0.1, 0.1], [2.0, 0.0], [9.0, 9.0]]])  # norms 1, 5, .14, 2, 12.7
+    alive = torch.tensor([[True, True, True, True, False]])
+    s = tm.key_norm_scores(torch.zeros_like(k), k, alive, heads=1)
+    torch.testing.assert_close(s, torch.tensor([[1.0, 5.0, 0.1 * 2 ** 0.5, 2.0, 0.0]]))
+    pos = torch.arange(5).expand(1, 5)
+    idx, ok = tm.select(s, torch.tensor([3]), alive, tm.protected(pos, alive.sum(1)), pos)
+    assert idx[0].tolist() == [0, 1, 3] and ok.all()  # [CLS], the largest key, the last real token
+    with pytest.raises(ConfigError):
+        TokenPruneAttention(keep=(1.0, 0.5), score="value_norm")
+
+
+def test_merge_needs_an_implementation_that_takes_a_logit_bias() -> None:
+    pruned = prune(tiny_bert(), keep=(1.0, 0.5, 0.5, 0.5), reduce="merge")
+    enc = pruned.encoder
+    h, alive, size = torch.zeros(1, 3, 32), torch.tensor([[True, True, False]]), torch.tensor([[1.0, 2.0, 0.0]])
+    bias = enc._mask(h, alive, size)  # [B, 1, 1, K]: log(size) on real slots, a huge negative on the rest
+    assert bias.shape == (1, 1, 1, 3) and bias[0, 0, 0, 1].item() == pytest.approx(0.6931, abs=1e-4)
+    assert bias[0, 0, 0, 2].item() < -1e30
+    enc.config._attn_implementation = "flash_attention_2"
+    with pytest.raises(MethodError, match="eager or sdpa"):
+        enc._mask(h, alive, size)

@@ -73,11 +73,22 @@ def mean_scores(q: torch.Tensor, k: torch.Tensor, alive: torch.Tensor, heads: in
     return ((probs * w).sum(2) / w.sum(2).clamp(min=1.0)).mean(1)  # [B, S]
 
 
-def keep_counts(lengths: torch.Tensor, fraction: float) -> torch.Tensor:
-    """Tokens each row keeps: ``ceil(fraction * real length)``, at least its first and last
-    token (2, or its length when shorter), at most its length. ``lengths [B]`` -> ``[B]``."""
-    want = torch.ceil(lengths.double() * fraction - 1e-9).long()
-    return torch.minimum(torch.maximum(want, lengths.clamp(max=2)), lengths)
+def key_norm_scores(q: torch.Tensor, k: torch.Tensor, alive: torch.Tensor, heads: int) -> torch.Tensor:
+    """Norm of each slot's key vector (all heads): ``[B, S]``; no attention product at all.
+
+    A key with a large norm draws large logits from most queries: a cheap stand-in for the attention
+    a token receives. On MiniLM / STS-B, read at block 0 (keys of the embeddings) it keeps more of the
+    mean-pooled content than [CLS] attention or the mean attention received (docs/attention.md)."""
+    return k.float().norm(dim=-1).masked_fill(~alive, 0.0)
+
+
+def keep_counts(lengths: torch.Tensor, fraction: float, min_keep: int = 0) -> torch.Tensor:
+    """Tokens each row keeps: ``ceil(fraction * real length)``, at least ``min_keep`` and at least
+    its first and last token (2), never more than its length. ``lengths [B]`` -> ``[B]``.
+
+    ``min_keep`` protects short inputs: a row of at most ``min_keep`` real tokens is not pruned."""
+    want = torch.ceil(lengths.double() * fraction - 1e-9).long().clamp(min=max(int(min_keep), 2))
+    return torch.minimum(want, lengths)
 
 
 def protected(pos: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
@@ -117,6 +128,43 @@ def write_back(full: torch.Tensor, pos: torch.Tensor, x: torch.Tensor, alive: to
     return full.scatter(1, idx, vals)
 
 
+def merge_targets(keys: torch.Tensor, index: torch.Tensor, kept: torch.Tensor, alive: torch.Tensor,
+                  keep_always: torch.Tensor) -> torch.Tensor:
+    """Where each current slot goes when the batch shrinks to the ``K`` slots ``index [B, K]``:
+    ``[B, S]`` new slot numbers (ToMe-style merging, Bolya et al. 2023).
+
+    A kept slot (``kept [B, K]`` marks the real ones among ``index``) goes to its own new slot; a
+    live dropped slot goes to the kept slot whose key (``keys [B, S, D]``) is most similar by
+    cosine, never [CLS] or the last [SEP] (``keep_always [B, S]``) unless the row kept nothing
+    else (then [CLS], new slot 0). Dead slots (padding, fillers) get 0; callers weigh them 0.
+    """
+    b, s = alive.shape
+    kn = torch.nn.functional.normalize(keys.float(), dim=-1)  # [B, S, D]
+    sim = kn @ gather_rows(kn, index).transpose(1, 2)  # [B, S, K]
+    host_ok = kept & ~keep_always.gather(1, index)  # [B, K]
+    host = sim.masked_fill(~host_ok[:, None, :], float("-inf")).argmax(-1)  # [B, S]; all -inf -> 0 ([CLS])
+    own = torch.zeros(b, s, dtype=torch.long, device=index.device)
+    own = own.scatter(1, index, torch.arange(index.shape[1], device=index.device).expand_as(index))
+    is_kept = torch.zeros(b, s, dtype=torch.bool, device=index.device).scatter(1, index, kept)
+    return torch.where(is_kept, own, torch.where(alive, host, torch.zeros_like(host)))
+
+
+def merge_rows(x: torch.Tensor, size: torch.Tensor, target: torch.Tensor, alive: torch.Tensor,
+               index: torch.Tensor, kept: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Size-weighted average of ``x [B, S, H]`` into the ``K`` new slots ``target [B, S]`` says:
+    ``(x [B, K, H], size [B, K])``; ``size [B, S]`` counts the original tokens each slot stands for.
+
+    Fillers (``~kept``) carry the value ``index`` points at and size 0, so they stay finite (they
+    are masked as keys, but a masked NaN would still poison the softmax's weighted sum)."""
+    k = index.shape[1]
+    w = size * alive  # [B, S]; dead slots weigh nothing
+    tot = torch.zeros(x.shape[0], k, dtype=w.dtype, device=x.device).scatter_add(1, target, w)  # [B, K]
+    acc = torch.zeros(x.shape[0], k, x.shape[2], dtype=x.dtype, device=x.device)
+    acc = acc.scatter_add(1, target[..., None].expand_as(x), x * w[..., None].to(x.dtype))  # [B, K, H]
+    merged = acc / tot.clamp(min=1e-6)[..., None].to(x.dtype)
+    return torch.where(kept[..., None], merged, gather_rows(x, index)), torch.where(kept, tot, torch.zeros_like(tot))
+
+
 def schedule(n_blocks: int, keep: tuple[float, ...], start: int | None, ratio: float | None) -> list[float]:
     """Fraction of each row's real tokens that block ``i`` processes, one per block.
 
@@ -140,5 +188,5 @@ def kept_share(fractions: list[float]) -> float:
     return sum(fractions) / len(fractions) if fractions else 1.0
 
 
-__all__ = ["cls_scores", "gather_rows", "keep_counts", "kept_share", "mean_scores", "protected", "schedule",
+__all__ = ["cls_scores", "gather_rows", "keep_counts", "kept_share", "key_norm_scores", "mean_scores", "merge_rows", "merge_targets", "protected", "schedule",
            "select", "split_heads", "valid_from_mask", "write_back"]

@@ -11,7 +11,8 @@ shorter sequence.
 - **Scores** come from the previous block's own query/key projections, read by forward
   hooks on them: ``score="cls"`` is [CLS]'s attention row (one ``1 x S`` product per head,
   cheap), ``score="mean"`` the attention each token receives averaged over the real
-  queries (PoWER-BERT; one extra ``S x S`` product). The block itself keeps whatever
+  queries (PoWER-BERT; one extra ``S x S`` product), ``score="key_norm"`` each key's norm
+  (no product; best on MiniLM / STS-B when read at block 0). The block itself keeps whatever
   attention implementation the model uses (eager, sdpa, flash): no ``output_attentions``.
 - **Never dropped**: the first token ([CLS]) and each row's last real token ([SEP]).
   A sentence pair's middle [SEP] is scored like any other token.
@@ -23,6 +24,13 @@ shorter sequence.
 - **Full-length output**: each dropped token's last hidden state is scattered back to its
   position (as PoWER-BERT effectively does), so mean pooling over the original attention
   mask and [CLS] pooling both stay correct; ``last_hidden_state`` keeps its shape.
+- ``reduce="merge"`` (ToMe, Bolya et al. 2023): instead of being dropped, each removed token
+  is averaged (size-weighted) into its most similar kept token by key cosine; slots carry their
+  size, attention adds ``log(size)`` to their logits (eager / sdpa), and every position outputs
+  its group's final state, so mean pooling is the size-weighted mean. On MiniLM / STS-B it
+  scores *below* dropping (measured; see docs/attention.md).
+- ``min_keep``: every row keeps at least that many tokens, so short inputs (which gain little
+  speed) are not pruned; long rows are unaffected while ``fraction * length >= min_keep``.
 
 The schedule is one fraction per block (``keep``: the share of each row's real tokens the
 block processes; ``keep[0]`` must be 1.0, there are no scores before block 0), or
@@ -69,9 +77,14 @@ class TokenPruneAttention(MethodConfig):
     keep: tuple[float, ...] = ()
     start: int | None = None
     ratio: float | None = None
-    score: Literal["cls", "mean"] = "cls"
+    score: Literal["cls", "mean", "key_norm"] = "cls"
+    reduce: Literal["drop", "merge"] = "drop"
+    min_keep: int = 0
 
     def validate(self) -> None:
+        self._require(self.reduce in ("drop", "merge"), "reduce", "'drop' or 'merge'", self.reduce)
+        self._require(isinstance(self.min_keep, int) and not isinstance(self.min_keep, bool) and self.min_keep >= 0,
+                      "min_keep", "an int >= 0 (tokens a row always keeps)", self.min_keep)
         self._require(bool(self.keep) != (self.ratio is not None), "keep",
                       "exactly one of keep (a fraction per block) or start + ratio",
                       {"keep": self.keep, "ratio": self.ratio})
@@ -94,7 +107,8 @@ class TokenPruneEncoder(nn.Module):
     the query and key projections inside a block (relative names, e.g. ``attention.self.query``).
     """
 
-    def __init__(self, encoder: nn.Module, fractions: list[float], score: str, qk: tuple[str, str]) -> None:
+    def __init__(self, encoder: nn.Module, fractions: list[float], score: str, qk: tuple[str, str],
+                 reduce: str = "drop", min_keep: int = 0) -> None:
         super().__init__()
         self.config = encoder.config
         self.layer = encoder.layer
@@ -102,9 +116,12 @@ class TokenPruneEncoder(nn.Module):
         self.fractions = [float(f) for f in fractions]
         self.score = score
         self.qk = qk
+        self.reduce = reduce
+        self.min_keep = int(min_keep)
 
     def extra_repr(self) -> str:
-        return f"fractions={self.fractions}, score={self.score!r}"
+        return (f"fractions={self.fractions}, score={self.score!r}, reduce={self.reduce!r}, "
+                f"min_keep={self.min_keep}")
 
     def _heads(self, block: nn.Module, width: int) -> int:
         attn = block.get_submodule(self.qk[0].rpartition(".")[0])
@@ -112,8 +129,9 @@ class TokenPruneEncoder(nn.Module):
         return width // int(size) if size else int(self.config.num_attention_heads)
 
     def _run_scoring(self, block: nn.Module, h: torch.Tensor, mask: Any, kwargs: dict[str, Any],
-                     alive: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Run ``block`` and score its input slots from its own query/key outputs: ``(out, scores [B, S])``."""
+                     alive: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Run ``block`` and score its input slots from its own query/key outputs:
+        ``(out, scores [B, S], keys [B, S, h*d])`` (the keys pick merge partners)."""
         got: dict[str, torch.Tensor] = {}
         hooks = [block.get_submodule(name).register_forward_hook(
             lambda _m, _a, out, key=key: got.__setitem__(key, out)) for key, name in zip("qk", self.qk)]
@@ -126,14 +144,13 @@ class TokenPruneEncoder(nn.Module):
             raise MethodError(f"{KIND}: block did not call its projections {list(self.qk)}; "
                               "the block was replaced by a form token pruning cannot score")
         q, k = got["q"].detach(), got["k"].detach()  # [B, S, h*d]
-        fn = tm.cls_scores if self.score == "cls" else tm.mean_scores
+        fn = {"cls": tm.cls_scores, "mean": tm.mean_scores, "key_norm": tm.key_norm_scores}[self.score]
         with torch.no_grad():
-            return out, fn(q, k, alive, self._heads(block, q.shape[-1]))
+            return out, fn(q, k, alive, self._heads(block, q.shape[-1])), k
 
     def forward(self, hidden_states: torch.Tensor, attention_mask: Any = None,
                 encoder_hidden_states: torch.Tensor | None = None, encoder_attention_mask: Any = None,
                 cache: Any = None, use_cache: bool | None = None, **kwargs: Any) -> Any:
-        from transformers.masking_utils import create_bidirectional_mask
         from transformers.modeling_outputs import BaseModelOutputWithPastAndCrossAttentions
 
         if _tracing():
@@ -149,28 +166,58 @@ class TokenPruneEncoder(nn.Module):
         b, s0, _ = hidden_states.shape
         h, mask = hidden_states, attention_mask  # [B, S, H]
         alive = tm.valid_from_mask(mask, b, s0, h.device)  # [B, S]
-        lengths = alive.sum(1)  # [B] real tokens per row
+        valid0, lengths = alive, alive.sum(1)  # [B, S0], [B] real tokens per row
+        merge = self.reduce == "merge"
         pos: torch.Tensor | None = None  # [B, S] original position of each slot, once pruned
         full = h  # [B, S0, H] latest state of every position
         scores: torch.Tensor | None = None
+        keys = size = group = None  # merge: keys [B, S, D], size [B, S], group [B, S0] slot of each position
         for i, block in enumerate(self.layer):
             if scores is not None:  # block i processes fewer tokens than block i - 1
                 if pos is None:
                     pos, full = torch.arange(s0, device=h.device).expand(b, s0), h
+                    size, group = alive.to(h.dtype), pos
                 else:
                     full = tm.write_back(full, pos, h, alive)
-                counts = tm.keep_counts(lengths, self.fractions[i])  # [B]
-                idx, alive = tm.select(scores, counts, alive, tm.protected(pos, lengths), pos)  # [B, K]
-                h, pos = tm.gather_rows(h, idx), pos.gather(1, idx)
-                mask = create_bidirectional_mask(config=self.config, inputs_embeds=h, attention_mask=alive)
+                counts = tm.keep_counts(lengths, self.fractions[i], self.min_keep)  # [B]
+                always = tm.protected(pos, lengths)
+                idx, kept = tm.select(scores, counts, alive, always, pos)  # [B, K]
+                if merge:
+                    target = tm.merge_targets(keys, idx, kept, alive, always)  # [B, S]
+                    h, size = tm.merge_rows(h, size, target, alive, idx, kept)
+                    group = target.gather(1, group)  # [B, S0]
+                else:
+                    h = tm.gather_rows(h, idx)
+                pos, alive = pos.gather(1, idx), kept
+                mask = self._mask(h, alive, size if merge else None)
                 kwargs.pop("position_ids", None)  # positions were added by the embeddings already
             if i + 1 < n and self.fractions[i + 1] < self.fractions[i]:
-                h, scores = self._run_scoring(block, h, mask, kwargs, alive)
+                h, scores, keys = self._run_scoring(block, h, mask, kwargs, alive)
             else:
                 h, scores = block(h, mask, **kwargs), None
         if pos is not None:
+            last = h
             h = tm.write_back(full, pos, h, alive)
+            if merge:  # every position takes its group's final state: mean pooling = size-weighted mean
+                h = torch.where(valid0[..., None], tm.gather_rows(last, group), h)
         return BaseModelOutputWithPastAndCrossAttentions(last_hidden_state=h)
+
+
+    def _mask(self, h: torch.Tensor, alive: torch.Tensor, size: torch.Tensor | None) -> Any:
+        """The attention mask for the shortened batch, in the model's format; with ``size`` (merging)
+        an additive ``[B, 1, 1, K]`` mask adding ``log(size)`` to each key's logit, so a slot standing
+        for ``n`` tokens gets the attention those ``n`` tokens would (eager and sdpa only)."""
+        from transformers.masking_utils import create_bidirectional_mask
+
+        if size is None:
+            return create_bidirectional_mask(config=self.config, inputs_embeds=h, attention_mask=alive)
+        if self.config._attn_implementation not in ("eager", "sdpa"):
+            raise MethodError(f"{KIND}: reduce='merge' needs the eager or sdpa attention implementation (it adds "
+                              f"log(size) to the attention logits); this model uses "
+                              f"{self.config._attn_implementation!r}")
+        low = torch.finfo(h.dtype).min
+        bias = torch.where(alive, size.clamp(min=1e-6).log().to(h.dtype), torch.full_like(h[..., 0], low))
+        return bias[:, None, None, :]  # [B, 1, 1, K]
 
 
 def _tracing() -> bool:
@@ -206,12 +253,13 @@ def check_encoder(encoder: nn.Module, path: str) -> None:
         raise MethodError(f"{KIND}: {path!r} is already token-pruned")
 
 
-def convert(model: nn.Module, path: str, fractions: list[float], score: str) -> TokenPruneEncoder:
+def convert(model: nn.Module, path: str, fractions: list[float], score: str, reduce: str = "drop",
+            min_keep: int = 0) -> TokenPruneEncoder:
     encoder = model.get_submodule(path)
     check_encoder(encoder, path)
     if len(fractions) != len(encoder.layer):
         raise MethodError(f"{KIND}: {len(fractions)} fractions for the {len(encoder.layer)} blocks of {path!r}")
-    new = TokenPruneEncoder(encoder, fractions, score, find_qk(encoder.layer[0]))
+    new = TokenPruneEncoder(encoder, fractions, score, find_qk(encoder.layer[0]), reduce, min_keep)
     swap_module(model, path, new)
     return new
 
@@ -226,7 +274,7 @@ def token_prune(model: nn.Module, config: TokenPruneAttention, targets: Targets,
     path = lists[0].rpartition(".")[0]
     n = len(model.get_submodule(lists[0]))
     fractions = tm.schedule(n, config.keep, config.start, config.ratio)
-    convert(model, path, fractions, config.score)
+    convert(model, path, fractions, config.score, config.reduce, config.min_keep)
     batch = ctx.example_inputs if ctx.example_inputs is not None else next(iter(ctx.calib_data or []), None)
     if batch is not None:
         try:
@@ -236,7 +284,8 @@ def token_prune(model: nn.Module, config: TokenPruneAttention, targets: Targets,
         except Exception as exc:  # the model's own forward raises many types on a form it cannot take
             raise MethodError(f"{KIND}: the model no longer runs with a token-pruned {path!r}: "
                               f"{type(exc).__name__}: {exc}") from exc
-    return Record(kind=config.kind, data={"path": path, "n_blocks": n, "fractions": fractions, "score": config.score},
+    return Record(kind=config.kind, data={"path": path, "n_blocks": n, "fractions": fractions, "score": config.score,
+                                          "reduce": config.reduce, "min_keep": config.min_keep},
                   summary={"blocks": n, "pruned_blocks": sum(f < 1.0 for f in fractions),
                            "mean_token_share": round(tm.kept_share(fractions), 4)})
 
@@ -252,15 +301,20 @@ def replay_token_prune(model: nn.Module, record: Record) -> None:
             or not all(isinstance(f, (int, float)) and not isinstance(f, bool) and 0 < f <= 1 for f in fractions)
             or any(a < b for a, b in zip(fractions, fractions[1:]))):
         raise MethodError(f"{KIND} replay: fractions must be {n} non-increasing numbers in (0, 1], got {fractions!r}")
-    if score not in ("cls", "mean"):
+    if score not in ("cls", "mean", "key_norm"):
         raise MethodError(f"{KIND} replay: unknown score {score!r}")
+    reduce, min_keep = d.get("reduce", "drop"), d.get("min_keep", 0)  # absent in records made before merging
+    if reduce not in ("drop", "merge"):
+        raise MethodError(f"{KIND} replay: unknown reduce {reduce!r}")
+    if not isinstance(min_keep, int) or isinstance(min_keep, bool) or min_keep < 0:
+        raise MethodError(f"{KIND} replay: min_keep must be an int >= 0, got {min_keep!r}")
     try:
         encoder = model.get_submodule(path)
     except AttributeError as exc:
         raise MethodError(f"{KIND} replay: the model has no module {path!r}") from exc
     if len(getattr(encoder, "layer", ())) != n:
         raise MethodError(f"{KIND} replay: {path!r} does not hold {n} blocks")
-    convert(model, path, [float(f) for f in fractions], score)
+    convert(model, path, [float(f) for f in fractions], score, reduce, min_keep)
 
 
 __all__ = ["TokenPruneAttention", "TokenPruneEncoder", "find_qk"]
