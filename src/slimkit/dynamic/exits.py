@@ -37,7 +37,7 @@ from ..core.context import first_tensor
 from ..core.errors import MethodError
 from ..zoo.minilm import mean_pool
 
-Criterion = Literal["entropy", "patience"]
+Criterion = Literal["entropy", "patience", "entropy_patience"]
 Pooling = Literal["mean", "cls"]
 KIND = "dynamic.early_exit"
 
@@ -83,13 +83,19 @@ class ExitSettings:
     divided by ``log(C)`` (so 0 = one-hot, 1 = uniform), is *below* ``threshold``: 0 never
     exits, 1 exits after the first block unless a prediction is exactly uniform.
     ``patience`` (PABEE): a row exits once ``patience`` consecutive exit heads after the
-    first agree with the previous one's class. ``enabled=False`` runs every block.
+    first agree with the previous one's class. ``entropy_patience`` (both signals): a row
+    exits after block ``i`` when its entropy is below ``threshold`` *and* head ``i`` agrees
+    with the ``patience`` heads before it, or, alone, when its entropy is below
+    ``solo_ratio * threshold`` (a very confident head needs no second opinion; ``solo_ratio``
+    1 is the ``entropy`` rule, 0 never exits without agreement). ``enabled=False`` runs every
+    block.
     """
 
     criterion: Criterion = "entropy"
     threshold: float = 0.3
     patience: int = 2
     pooling: Pooling = "mean"
+    solo_ratio: float = 0.5
     enabled: bool = True
 
 
@@ -188,15 +194,40 @@ class ExitRun:
 
     def _decide(self, logits: torch.Tensor) -> torch.Tensor:
         s = self.settings
-        if s.criterion == "entropy":  # entropy / log C < threshold, without the division
+        if s.criterion != "patience":  # entropy / log C < threshold, without the division
             logp = torch.log_softmax(logits.float(), dim=-1)  # [B, C]
-            return (logp.exp() * logp).sum(-1) > -s.threshold * math.log(logits.shape[-1])
+            neg_ent = (logp.exp() * logp).sum(-1)  # [B], minus the entropy
+            bound = s.threshold * math.log(logits.shape[-1])
+            if s.criterion == "entropy":
+                return neg_ent > -bound
         pred = logits.argmax(-1)  # [B]
         assert self.streak is not None
         if self.prev is not None:
             self.streak = torch.where(pred == self.prev, self.streak + 1, torch.zeros_like(self.streak))
         self.prev = pred
-        return self.streak >= s.patience
+        if s.criterion == "patience":
+            return self.streak >= s.patience
+        # entropy_patience: confident and agreeing, or very confident alone
+        return ((neg_ent > -bound) & (self.streak >= s.patience)) | (neg_ent > -s.solo_ratio * bound)
+
+
+def replay_exits(exit_logits: list[torch.Tensor], settings: ExitSettings) -> torch.Tensor:
+    """Blocks each row would run (``[B]``, 1..n) under ``settings``, from every exit head's
+    logits (``[B, C]`` each, as :func:`collect_exits` returns them; n = heads + 1).
+
+    The offline twin of a live forward, with the same decision code: a threshold sweep runs
+    the blocks once and replays every rule and threshold on the saved logits.
+    """
+    b = exit_logits[0].shape[0]
+    run = ExitRun(None, settings, None)  # type: ignore[arg-type]  # decisions only, no heads
+    run.streak = torch.zeros(b, dtype=torch.long, device=exit_logits[0].device)
+    layer = torch.full((b,), len(exit_logits) + 1, dtype=torch.long)
+    done = torch.zeros(b, dtype=torch.bool)
+    for i, logits in enumerate(exit_logits):
+        new = run._decide(logits).cpu() & ~done  # [B]
+        layer[new] = i + 1
+        done |= new
+    return layer
 
 
 class ExitBlockList(nn.ModuleList):
@@ -293,13 +324,21 @@ def _tracing() -> bool:
                 or exporting() or is_fx_tracing())
 
 
+_SIGNATURES: dict[type, inspect.Signature] = {}
+
+
 def attention_mask(base: type, model: nn.Module, args: tuple, kwargs: dict) -> torch.Tensor | None:
     """The ``attention_mask`` argument of this call (``[B, T]``), wherever it was passed, or None."""
-    try:
-        bound = inspect.signature(base.forward).bind_partial(model, *args, **kwargs).arguments
-    except TypeError:
-        return None
-    mask = bound.get("attention_mask")
+    if "attention_mask" in kwargs:  # the usual call: no signature binding (tens of microseconds at batch 1)
+        mask = kwargs["attention_mask"]
+    else:
+        sig = _SIGNATURES.get(base)
+        if sig is None:
+            sig = _SIGNATURES[base] = inspect.signature(base.forward)
+        try:
+            mask = sig.bind_partial(model, *args, **kwargs).arguments.get("attention_mask")
+        except TypeError:
+            return None
     return mask if isinstance(mask, torch.Tensor) and mask.dim() == 2 else None
 
 
@@ -364,4 +403,4 @@ def install(model: nn.Module, path: str, heads: ExitHeads, settings: ExitSetting
 
 
 __all__ = ["ExitBlockList", "ExitHead", "ExitHeads", "ExitRun", "ExitSettings", "ExitStats", "collect_exits",
-           "exit_class", "install", "normalized_entropy"]
+           "exit_class", "install", "normalized_entropy", "replay_exits"]
