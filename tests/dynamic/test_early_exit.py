@@ -140,12 +140,21 @@ def test_entropy_patience_needs_confidence_and_agreement_unless_very_confident()
                                      {"criterion": "patience", "exit_patience": 1},
                                      {"criterion": "entropy_patience", "threshold": 0.6, "exit_patience": 1}])
 def test_replay_exits_matches_the_live_model_row_by_row(options: dict[str, Any]) -> None:
+    from slimkit.dynamic.exits import normalized_entropy
+
     _, early, batches = _early(**options)
     for inputs, _ in batches:
-        with torch.no_grad():
-            exits, _ = collect_exits(early, **inputs)
-            early(**inputs)
-        assert replay_exits(exits, early.exit_settings).tolist() == early.exit_stats.last
+        rows = [inputs] + [{k: v[i:i + 1] for k, v in inputs.items()} for i in range(len(inputs["input_ids"]))]
+        for x in rows:  # the batch (tensor decisions), then each row alone (batch 1: Python-scalar decisions)
+            with torch.no_grad():
+                exits, _ = collect_exits(early, **x)
+            ent = torch.stack([normalized_entropy(e) for e in exits])  # [2, B]
+            # thresholds on a row's own entropy too: a decision exactly at the boundary must agree
+            for t in [options.get("threshold", 0.3), *ent.flatten().tolist()]:
+                early.exit_settings.threshold = t
+                with torch.no_grad():
+                    early(**x)
+                assert early.exit_stats.last == replay_exits(exits, early.exit_settings).tolist()
 
 
 def test_heads_learn_the_final_logits_and_the_backbone_is_frozen() -> None:

@@ -28,6 +28,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import math
+import struct
 from typing import Any, Literal
 
 import torch
@@ -131,6 +132,11 @@ class ExitStats:
         return sum((i + 1) * c for i, c in enumerate(self.counts)) / max(1, self.rows)
 
 
+def _f32(x: float) -> float:
+    """``x`` rounded to float32, as a float32 tensor compared with a Python scalar sees it."""
+    return struct.unpack("f", struct.pack("f", x))[0]
+
+
 def normalized_entropy(logits: torch.Tensor) -> torch.Tensor:
     """Entropy of ``softmax(logits)`` over ``log(C)``: ``[B, C]`` -> ``[B]`` in [0, 1]."""
     logp = torch.log_softmax(logits.float(), dim=-1)  # [B, C]
@@ -160,6 +166,7 @@ class ExitRun:
         self.layer: torch.Tensor | None = None  # [B] blocks run when the row exited (n: never)
         self.streak: torch.Tensor | None = None  # [B] patience counter
         self.prev: torch.Tensor | None = None  # [B] previous head's class
+        self.streak_one, self.prev_one = 0, -1  # the same two at batch 1, as Python ints
         self.blocks_run = 0
 
     def observe(self, i: int, out: Any) -> bool:
@@ -173,17 +180,17 @@ class ExitRun:
             self.collected.append(logits)
             return False
         b = logits.shape[0]
+        if b == 1:  # batch 1 (serving): the decision in Python scalars, no bookkeeping across rows
+            if not self._decide_one(logits):
+                return False
+            self.exited = torch.ones(1, dtype=torch.bool, device=logits.device)
+            self.logits, self.layer = logits, torch.tensor([i + 1])
+            return True
         if self.exited is None:
             self.exited = torch.zeros(b, dtype=torch.bool, device=logits.device)
             self.logits = torch.zeros_like(logits)
             self.layer = torch.zeros(b, dtype=torch.long)
             self.streak = torch.zeros(b, dtype=torch.long, device=logits.device)
-        if b == 1:  # batch 1: one decision, one sync, no bookkeeping across rows
-            if not bool(self._decide(logits)):
-                return False
-            self.exited.fill_(True)
-            self.logits, self.layer[0] = logits, i + 1
-            return True
         new = self._decide(logits) & ~self.exited  # [B]
         if bool(new.any()):
             assert self.logits is not None and self.layer is not None
@@ -191,6 +198,25 @@ class ExitRun:
             self.layer[new.cpu()] = i + 1
             self.exited |= new
         return bool(self.exited.all())
+
+    def _decide_one(self, logits: torch.Tensor) -> bool:
+        """:meth:`_decide` for one row ``[1, C]`` with a few tensor ops and one or two syncs
+        instead of a dozen small ops (a per-block cost at batch 1). Same float32 entropy and the
+        same float32 comparison as the batched rule, so a row decides alike in and out of a batch."""
+        s = self.settings
+        neg = 0.0
+        if s.criterion != "patience":
+            logp = torch.log_softmax(logits.float(), dim=-1)  # [1, C]
+            neg = float((logp.exp() * logp).sum())  # minus the entropy, a float32 value
+            bound = s.threshold * math.log(logits.shape[-1])
+            if s.criterion == "entropy":
+                return neg > _f32(-bound)
+        pred = int(logits[0].argmax())
+        self.streak_one = self.streak_one + 1 if pred == self.prev_one else 0
+        self.prev_one = pred
+        if s.criterion == "patience":
+            return self.streak_one >= s.patience
+        return (neg > _f32(-bound) and self.streak_one >= s.patience) or neg > _f32(-s.solo_ratio * bound)
 
     def _decide(self, logits: torch.Tensor) -> torch.Tensor:
         s = self.settings
