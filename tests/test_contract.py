@@ -305,6 +305,8 @@ VARIANTS: dict[str, tuple[str, str, dict[str, Any], dict[str, Any]]] = {
                                                                     "index": -1}, {}),
     "early-exit-patience-cls-linear": ("dynamic.early_exit", "tiny_bert_classifier", {
         "steps": 2, "criterion": "patience", "exit_patience": 1, "pooling": "cls", "head_hidden": 0}, {}),
+    "early-exit-entropy-patience": ("dynamic.early_exit", "tiny_bert_classifier", {
+        "steps": 2, "criterion": "entropy_patience", "threshold": 0.9, "exit_patience": 1, "solo_ratio": 0.25}, {}),
     "window-no-global-tokens": ("attention.window", "tiny_bert", {"window": 2, "global_tokens": []}, {}),
     "token-prune-merge-min-keep-key-norm": ("attention.token_prune", "tiny_bert", {
         "keep": [1.0, 0.5], "reduce": "merge", "min_keep": 3, "score": "key_norm"}, {}),

@@ -11,7 +11,7 @@ from torch import nn
 
 import slimkit
 from slimkit.core import ArtifactError, ConfigError, Context, MethodError, Targets, config_class
-from slimkit.dynamic import EarlyExitDynamic, collect_exits
+from slimkit.dynamic import EarlyExitDynamic, collect_exits, replay_exits
 
 from .models import text_batches, tiny_bert_classifier
 
@@ -101,6 +101,62 @@ def test_patience_exits_once_heads_agree_and_never_with_impossible_patience() ->
     assert early.exit_stats.last == [3] * len(agree)
 
 
+def test_entropy_patience_needs_confidence_and_agreement_unless_very_confident() -> None:
+    from slimkit.dynamic.exits import normalized_entropy
+
+    _, early, batches = _early(criterion="entropy_patience", exit_patience=1, solo_ratio=0.5)
+    inputs = batches[0][0]
+    with torch.no_grad():
+        exits, _ = collect_exits(early, **inputs)
+    ent = torch.stack([normalized_entropy(e) for e in exits])  # [2, B]
+    agree = exits[0].argmax(-1) == exits[1].argmax(-1)  # [B]
+    for t in sorted({0.0, *ent.flatten().tolist(), 1.0}):  # every threshold that changes a decision
+        t = min(1.0, t + 1e-4)
+        early.exit_settings.threshold = t
+        with torch.no_grad():
+            early(**inputs)
+        want = []
+        for i in range(len(agree)):
+            if ent[0, i] < 0.5 * t:  # head 1 alone: very confident
+                want.append(1)
+            elif ent[1, i] < 0.5 * t or (ent[1, i] < t and agree[i]):
+                want.append(2)
+            else:
+                want.append(3)
+        assert early.exit_stats.last == want, t
+        assert replay_exits(exits, early.exit_settings).tolist() == want
+    early.exit_settings.solo_ratio = 1.0  # the entropy rule
+    early.exit_settings.threshold = float(ent.median())
+    with torch.no_grad():
+        early(**inputs)
+    hybrid = list(early.exit_stats.last)
+    early.exit_settings.criterion = "entropy"
+    with torch.no_grad():
+        early(**inputs)
+    assert hybrid == early.exit_stats.last
+
+
+@pytest.mark.parametrize("options", [{"criterion": "entropy", "threshold": 0.4},
+                                     {"criterion": "patience", "exit_patience": 1},
+                                     {"criterion": "entropy_patience", "threshold": 0.6, "exit_patience": 1}])
+def test_replay_exits_matches_the_live_model_row_by_row(options: dict[str, Any]) -> None:
+    from slimkit.dynamic.exits import normalized_entropy
+
+    _, early, batches = _early(**options)
+    for inputs, _ in batches:
+        rows = [inputs] + [{k: v[i:i + 1] for k, v in inputs.items()} for i in range(len(inputs["input_ids"]))]
+        for x in rows:  # the batch (tensor decisions), then each row alone (batch 1: Python-scalar decisions)
+            with torch.no_grad():
+                exits, _ = collect_exits(early, **x)
+            ent = torch.stack([normalized_entropy(e) for e in exits])  # [2, B]
+            # thresholds on a row's own entropy too: a decision exactly at the boundary must agree
+            for t in [options.get("threshold", 0.3), *ent.flatten().tolist()]:
+                early.exit_settings.threshold = t
+                with torch.no_grad():
+                    early(**x)
+                assert early.exit_stats.last == replay_exits(exits, early.exit_settings).tolist()
+
+
 def test_heads_learn_the_final_logits_and_the_backbone_is_frozen() -> None:
     model, early, batches = _early()
     before = {k: v for k, v in model.state_dict().items()}
@@ -120,8 +176,11 @@ def test_heads_learn_the_final_logits_and_the_backbone_is_frozen() -> None:
     assert gap(trained) < gap(early) / 2
 
 
-def test_save_restore_is_bit_exact(tmp_path: Path) -> None:
-    _, early, batches = _early(threshold=0.5)
+@pytest.mark.parametrize("options", [{"threshold": 0.5},
+                                     {"criterion": "entropy_patience", "threshold": 0.7, "exit_patience": 1,
+                                      "solo_ratio": 0.25}])
+def test_save_restore_is_bit_exact(tmp_path: Path, options: dict[str, Any]) -> None:
+    _, early, batches = _early(**options)
     slimkit.save(early, tmp_path)
     back = slimkit.restore(tmp_path, model=lambda: tiny_bert_classifier(seed=7))
     assert type(back) is type(early)
@@ -131,6 +190,7 @@ def test_save_restore_is_bit_exact(tmp_path: Path) -> None:
         for inputs, _ in batches:
             assert torch.equal(back(**inputs).logits, early(**inputs).logits)
             assert back.exit_stats.last == early.exit_stats.last
+    assert back.exit_settings == early.exit_settings  # the rule and its options come back from the record
 
 
 def test_replay_refuses_a_model_with_other_blocks(tmp_path: Path) -> None:
@@ -167,6 +227,10 @@ def test_unsupported_models_and_inputs_raise_slimkit_errors() -> None:
         EarlyExitDynamic(threshold=1.5)
     with pytest.raises(ConfigError, match="exit_patience"):
         EarlyExitDynamic(exit_patience=0)
+    with pytest.raises(ConfigError, match="solo_ratio"):
+        EarlyExitDynamic(criterion="entropy_patience", solo_ratio=1.5)
+    with pytest.raises(ConfigError, match="criterion"):
+        EarlyExitDynamic.from_dict({"criterion": "maxprob"})
 
 
 def test_blocks_pruned_after_early_exit_are_reported() -> None:

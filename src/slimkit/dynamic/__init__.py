@@ -5,6 +5,6 @@
   runtime (skipping blocks, batch > 1, export) is :mod:`.exits`.
 """
 from .early_exit import EarlyExitDynamic
-from .exits import ExitSettings, ExitStats, collect_exits
+from .exits import ExitSettings, ExitStats, collect_exits, replay_exits
 
-__all__ = ["EarlyExitDynamic", "ExitSettings", "ExitStats", "collect_exits"]
+__all__ = ["EarlyExitDynamic", "ExitSettings", "ExitStats", "collect_exits", "replay_exits"]

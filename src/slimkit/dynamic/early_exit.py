@@ -39,11 +39,15 @@ class EarlyExitDynamic(TrainOptions):
     kind = KIND
     stage = "train"
 
-    # exit rule at inference: "entropy" (exit when entropy / log C < threshold) or "patience" (PABEE)
-    criterion: Literal["entropy", "patience"] = "entropy"
+    # exit rule at inference: "entropy" (exit when entropy / log C < threshold), "patience" (PABEE),
+    # or "entropy_patience" (entropy < threshold and exit_patience agreeing heads, or entropy <
+    # solo_ratio * threshold alone)
+    criterion: Literal["entropy", "patience", "entropy_patience"] = "entropy"
     threshold: float = 0.3
     # PABEE patience: consecutive agreeing exit heads (named apart from the loop's eval ``patience``)
     exit_patience: int = 2
+    # entropy_patience: a head exits without agreeing heads below solo_ratio * threshold (1 = the entropy rule)
+    solo_ratio: float = 0.5
     # what each exit head reads from the block's hidden states [B, T, H]: masked mean or the first token
     pooling: Literal["mean", "cls"] = "mean"
     # width of each head's tanh layer (DeeBERT: pooler + classifier); 0 = one Linear
@@ -57,6 +61,7 @@ class EarlyExitDynamic(TrainOptions):
         super().validate()
         self._require(0.0 <= self.threshold <= 1.0, "threshold", "a normalised entropy in [0, 1]", self.threshold)
         self._require(self.exit_patience >= 1, "exit_patience", "an int >= 1", self.exit_patience)
+        self._require(0.0 <= self.solo_ratio <= 1.0, "solo_ratio", "a float in [0, 1]", self.solo_ratio)
         self._require(self.head_hidden >= 0, "head_hidden", "an int >= 0", self.head_hidden)
         self._require(self.temperature > 0, "temperature", "a positive float", self.temperature)
 
@@ -64,7 +69,8 @@ class EarlyExitDynamic(TrainOptions):
 def settings_of(config: EarlyExitDynamic | dict[str, Any]) -> ExitSettings:
     get = config.get if isinstance(config, dict) else lambda k: getattr(config, k)
     return ExitSettings(criterion=get("criterion"), threshold=float(get("threshold")),
-                        patience=int(get("exit_patience")), pooling=get("pooling"))
+                        patience=int(get("exit_patience")), pooling=get("pooling"),
+                        solo_ratio=float(get("solo_ratio")))
 
 
 def _data(ctx: Context) -> Any:

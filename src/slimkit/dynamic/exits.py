@@ -28,6 +28,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import math
+import struct
 from typing import Any, Literal
 
 import torch
@@ -37,7 +38,7 @@ from ..core.context import first_tensor
 from ..core.errors import MethodError
 from ..zoo.minilm import mean_pool
 
-Criterion = Literal["entropy", "patience"]
+Criterion = Literal["entropy", "patience", "entropy_patience"]
 Pooling = Literal["mean", "cls"]
 KIND = "dynamic.early_exit"
 
@@ -83,13 +84,19 @@ class ExitSettings:
     divided by ``log(C)`` (so 0 = one-hot, 1 = uniform), is *below* ``threshold``: 0 never
     exits, 1 exits after the first block unless a prediction is exactly uniform.
     ``patience`` (PABEE): a row exits once ``patience`` consecutive exit heads after the
-    first agree with the previous one's class. ``enabled=False`` runs every block.
+    first agree with the previous one's class. ``entropy_patience`` (both signals): a row
+    exits after block ``i`` when its entropy is below ``threshold`` *and* head ``i`` agrees
+    with the ``patience`` heads before it, or, alone, when its entropy is below
+    ``solo_ratio * threshold`` (a very confident head needs no second opinion; ``solo_ratio``
+    1 is the ``entropy`` rule, 0 never exits without agreement). ``enabled=False`` runs every
+    block.
     """
 
     criterion: Criterion = "entropy"
     threshold: float = 0.3
     patience: int = 2
     pooling: Pooling = "mean"
+    solo_ratio: float = 0.5
     enabled: bool = True
 
 
@@ -125,6 +132,11 @@ class ExitStats:
         return sum((i + 1) * c for i, c in enumerate(self.counts)) / max(1, self.rows)
 
 
+def _f32(x: float) -> float:
+    """``x`` rounded to float32, as a float32 tensor compared with a Python scalar sees it."""
+    return struct.unpack("f", struct.pack("f", x))[0]
+
+
 def normalized_entropy(logits: torch.Tensor) -> torch.Tensor:
     """Entropy of ``softmax(logits)`` over ``log(C)``: ``[B, C]`` -> ``[B]`` in [0, 1]."""
     logp = torch.log_softmax(logits.float(), dim=-1)  # [B, C]
@@ -154,6 +166,7 @@ class ExitRun:
         self.layer: torch.Tensor | None = None  # [B] blocks run when the row exited (n: never)
         self.streak: torch.Tensor | None = None  # [B] patience counter
         self.prev: torch.Tensor | None = None  # [B] previous head's class
+        self.streak_one, self.prev_one = 0, -1  # the same two at batch 1, as Python ints
         self.blocks_run = 0
 
     def observe(self, i: int, out: Any) -> bool:
@@ -167,17 +180,17 @@ class ExitRun:
             self.collected.append(logits)
             return False
         b = logits.shape[0]
+        if b == 1:  # batch 1 (serving): the decision in Python scalars, no bookkeeping across rows
+            if not self._decide_one(logits):
+                return False
+            self.exited = torch.ones(1, dtype=torch.bool, device=logits.device)
+            self.logits, self.layer = logits, torch.tensor([i + 1])
+            return True
         if self.exited is None:
             self.exited = torch.zeros(b, dtype=torch.bool, device=logits.device)
             self.logits = torch.zeros_like(logits)
             self.layer = torch.zeros(b, dtype=torch.long)
             self.streak = torch.zeros(b, dtype=torch.long, device=logits.device)
-        if b == 1:  # batch 1: one decision, one sync, no bookkeeping across rows
-            if not bool(self._decide(logits)):
-                return False
-            self.exited.fill_(True)
-            self.logits, self.layer[0] = logits, i + 1
-            return True
         new = self._decide(logits) & ~self.exited  # [B]
         if bool(new.any()):
             assert self.logits is not None and self.layer is not None
@@ -186,17 +199,61 @@ class ExitRun:
             self.exited |= new
         return bool(self.exited.all())
 
+    def _decide_one(self, logits: torch.Tensor) -> bool:
+        """:meth:`_decide` for one row ``[1, C]`` with a few tensor ops and one or two syncs
+        instead of a dozen small ops (a per-block cost at batch 1). Same float32 entropy and the
+        same float32 comparison as the batched rule, so a row decides alike in and out of a batch."""
+        s = self.settings
+        neg = 0.0
+        if s.criterion != "patience":
+            logp = torch.log_softmax(logits.float(), dim=-1)  # [1, C]
+            neg = float((logp.exp() * logp).sum())  # minus the entropy, a float32 value
+            bound = s.threshold * math.log(logits.shape[-1])
+            if s.criterion == "entropy":
+                return neg > _f32(-bound)
+        pred = int(logits[0].argmax())
+        self.streak_one = self.streak_one + 1 if pred == self.prev_one else 0
+        self.prev_one = pred
+        if s.criterion == "patience":
+            return self.streak_one >= s.patience
+        return (neg > _f32(-bound) and self.streak_one >= s.patience) or neg > _f32(-s.solo_ratio * bound)
+
     def _decide(self, logits: torch.Tensor) -> torch.Tensor:
         s = self.settings
-        if s.criterion == "entropy":  # entropy / log C < threshold, without the division
+        if s.criterion != "patience":  # entropy / log C < threshold, without the division
             logp = torch.log_softmax(logits.float(), dim=-1)  # [B, C]
-            return (logp.exp() * logp).sum(-1) > -s.threshold * math.log(logits.shape[-1])
+            neg_ent = (logp.exp() * logp).sum(-1)  # [B], minus the entropy
+            bound = s.threshold * math.log(logits.shape[-1])
+            if s.criterion == "entropy":
+                return neg_ent > -bound
         pred = logits.argmax(-1)  # [B]
         assert self.streak is not None
         if self.prev is not None:
             self.streak = torch.where(pred == self.prev, self.streak + 1, torch.zeros_like(self.streak))
         self.prev = pred
-        return self.streak >= s.patience
+        if s.criterion == "patience":
+            return self.streak >= s.patience
+        # entropy_patience: confident and agreeing, or very confident alone
+        return ((neg_ent > -bound) & (self.streak >= s.patience)) | (neg_ent > -s.solo_ratio * bound)
+
+
+def replay_exits(exit_logits: list[torch.Tensor], settings: ExitSettings) -> torch.Tensor:
+    """Blocks each row would run (``[B]``, 1..n) under ``settings``, from every exit head's
+    logits (``[B, C]`` each, as :func:`collect_exits` returns them; n = heads + 1).
+
+    The offline twin of a live forward, with the same decision code: a threshold sweep runs
+    the blocks once and replays every rule and threshold on the saved logits.
+    """
+    b = exit_logits[0].shape[0]
+    run = ExitRun(None, settings, None)  # type: ignore[arg-type]  # decisions only, no heads
+    run.streak = torch.zeros(b, dtype=torch.long, device=exit_logits[0].device)
+    layer = torch.full((b,), len(exit_logits) + 1, dtype=torch.long)
+    done = torch.zeros(b, dtype=torch.bool)
+    for i, logits in enumerate(exit_logits):
+        new = run._decide(logits).cpu() & ~done  # [B]
+        layer[new] = i + 1
+        done |= new
+    return layer
 
 
 class ExitBlockList(nn.ModuleList):
@@ -293,13 +350,21 @@ def _tracing() -> bool:
                 or exporting() or is_fx_tracing())
 
 
+_SIGNATURES: dict[type, inspect.Signature] = {}
+
+
 def attention_mask(base: type, model: nn.Module, args: tuple, kwargs: dict) -> torch.Tensor | None:
     """The ``attention_mask`` argument of this call (``[B, T]``), wherever it was passed, or None."""
-    try:
-        bound = inspect.signature(base.forward).bind_partial(model, *args, **kwargs).arguments
-    except TypeError:
-        return None
-    mask = bound.get("attention_mask")
+    if "attention_mask" in kwargs:  # the usual call: no signature binding (tens of microseconds at batch 1)
+        mask = kwargs["attention_mask"]
+    else:
+        sig = _SIGNATURES.get(base)
+        if sig is None:
+            sig = _SIGNATURES[base] = inspect.signature(base.forward)
+        try:
+            mask = sig.bind_partial(model, *args, **kwargs).arguments.get("attention_mask")
+        except TypeError:
+            return None
     return mask if isinstance(mask, torch.Tensor) and mask.dim() == 2 else None
 
 
@@ -364,4 +429,4 @@ def install(model: nn.Module, path: str, heads: ExitHeads, settings: ExitSetting
 
 
 __all__ = ["ExitBlockList", "ExitHead", "ExitHeads", "ExitRun", "ExitSettings", "ExitStats", "collect_exits",
-           "exit_class", "install", "normalized_entropy"]
+           "exit_class", "install", "normalized_entropy", "replay_exits"]
