@@ -22,7 +22,7 @@ not hold fewer weights. Naming one of them explicitly in ``targets.include`` is 
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -89,7 +89,7 @@ def separable_pair(conv: nn.Conv2d, m: int, fit: bool = True) -> nn.Sequential:
     """
     c_out, c_in, kh, kw = conv.weight.shape
     like = {"device": conv.weight.device, "dtype": conv.weight.dtype}
-    depthwise = nn.Conv2d(c_in, c_in * m, (kh, kw), stride=conv.stride, padding=conv.padding,  # type: ignore[arg-type]
+    depthwise = nn.Conv2d(c_in, c_in * m, (kh, kw), stride=conv.stride, padding=conv.padding,
                           dilation=conv.dilation, groups=c_in, bias=False, padding_mode=conv.padding_mode, **like)
     pointwise = nn.Conv2d(c_in * m, c_out, 1, bias=conv.bias is not None, **like)
     if fit:
@@ -117,17 +117,18 @@ def depthwise_separable(model: nn.Module, config: DepthwiseSeparableBlock, targe
         if not isinstance(module, _CONV_TYPES):
             continue
         reason = unsupported(module)
+        conv = cast(nn.Conv2d, module)
         if reason is None:
-            m = effective_multiplier(module, config.multiplier)  # type: ignore[arg-type]
-            if pair_weights(module, m) >= module.weight.numel():  # type: ignore[arg-type]
-                reason = (f"the separable pair (multiplier {m}) would hold {pair_weights(module, m)} weights, "  # type: ignore[arg-type]
-                          f"not fewer than the kernel's {module.weight.numel()}")
+            m = effective_multiplier(conv, config.multiplier)
+            if pair_weights(conv, m) >= conv.weight.numel():
+                reason = (f"the separable pair (multiplier {m}) would hold {pair_weights(conv, m)} weights, "
+                          f"not fewer than the kernel's {conv.weight.numel()}")
         if reason is not None:
             if _named_explicitly(targets, name):
                 raise MethodError(f"{config.kind} cannot convert {name!r}: {reason}")
             skipped[name] = reason
             continue
-        candidates.append((name, module))  # type: ignore[arg-type]
+        candidates.append((name, conv))
     if not candidates and not skipped:
         raise MethodError(f"{config.kind}: the targets select no Conv2d")
     before = n_params(model)
@@ -162,11 +163,12 @@ def replay_depthwise_separable(model: nn.Module, record: Record) -> None:
         reason = unsupported(conv)
         if reason is not None:
             raise MethodError(f"{record.kind} replay: {name!r} cannot be rebuilt: {reason}")
+        dense = cast(nn.Conv2d, conv)
         m = meta.get("multiplier")
-        if type(m) is not int or not 1 <= m <= effective_multiplier(conv, m) \
-                or pair_weights(conv, m) >= conv.weight.numel():  # type: ignore[arg-type]
+        if type(m) is not int or not 1 <= m <= effective_multiplier(dense, m) \
+                or pair_weights(dense, m) >= dense.weight.numel():  # the handler never records more
             raise MethodError(f"{record.kind} replay: {name!r} multiplier {m!r} is not one the handler records")
-        swap_module(model, name, separable_pair(conv, m, fit=False))  # type: ignore[arg-type]
+        swap_module(model, name, separable_pair(dense, m, fit=False))
 
 
 __all__ = ["DepthwiseSeparableBlock", "effective_multiplier", "pair_weights", "separable_pair", "unsupported"]
