@@ -169,6 +169,7 @@ CONTRACT: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
     "lowrank.tucker": ("digits_cnn", {"rank": 4}, {"types": ["Conv2d"]}),
     "lowrank.cp": ("digits_cnn", {"rank": 4, "iters": 20}, {"types": ["Conv2d"]}),
     "block.depthwise_separable": ("digits_cnn", {}, {"types": ["Conv2d"]}),
+    "block.group_shuffle": ("digits_cnn", {"groups": 2}, {"include": ["3"]}),
     "distill.logits": ("digits_cnn", {"steps": 3, "temperature": 2.0}, {}),
     "distill.embedding": ("digits_cnn", {"steps": 3, "loss": "mse"}, {}),
     "distill.intermediate": ("tiny_bert", {"steps": 2, "layer_map": "last_k", "k": 1,
