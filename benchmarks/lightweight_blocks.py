@@ -20,7 +20,9 @@ Arms per model (the teacher is always the fp32 model; every conv with a 3x3 kern
   for ``--steps`` steps of 64 on the training split (as the ``digits-fast`` preset distils);
 - **dws m=1, random init + distill**: the same structure re-initialised (PyTorch's default init),
   the same distillation: what the decomposition buys;
-- **dws m=2, SVD init + distill**: depth multiplier 2.
+- **dws m=2, SVD init + distill**: depth multiplier 2;
+- **group conv g=4 + shuffle**: ``block.group_shuffle`` (ShuffleNet's grouped conv + channel
+  shuffle; the first conv, with one input channel, is skipped), the same distillation.
 
 Reported: parameters and MACs (``slimkit.measure.profile``, batch 1), test accuracy on the
 450-image test split, and the paired latency ratio fp32 / converted (``slimkit.measure.compare``:
@@ -68,8 +70,11 @@ def wide_cnn() -> nn.Module:
 
 def convert(model: nn.Module, multiplier: int, ctx: Context, distill_steps: int, random_init: bool = False,
             recalibrate: bool = False, lr: float = 2e-3) -> nn.Module:
-    steps: list[dict[str, Any]] = [{"kind": "block.depthwise_separable", "targets": {"types": ["Conv2d"]},
-                                    "with": {"multiplier": multiplier}}]
+    """``multiplier > 0``: block.depthwise_separable at that multiplier; ``< 0``: block.group_shuffle
+    with ``-multiplier`` groups. Then optionally re-initialise, recalibrate BN and distil."""
+    kind, opts = (("block.depthwise_separable", {"multiplier": multiplier}) if multiplier > 0
+                  else ("block.group_shuffle", {"groups": -multiplier}))
+    steps: list[dict[str, Any]] = [{"kind": kind, "targets": {"types": ["Conv2d"]}, "with": opts}]
     if recalibrate:
         steps.append({"kind": "train.bn_recalibrate", "with": {"batches": 16}})
     out = Recipe.from_dict({"name": "dws", "steps": steps}).run(model, ctx)
@@ -103,7 +108,7 @@ def measure(name: str, model: nn.Module, ref: nn.Module | None, task: Any, round
         row[f"iqr_b{b}"] = [round(res.speedup_p25, 3), round(res.speedup_p75, 3)]
         row[f"ms_b{b}"] = [round(res.median_a_ms, 4), round(res.median_b_ms, 4)]
         row["threads"] = res.threads
-    recs = [r for r in slimkit.records(model) if r.kind == "block.depthwise_separable"]
+    recs = [r for r in slimkit.records(model) if r.kind.startswith("block.")]
     if recs:
         row["fit_error"] = {n: v["error"] for n, v in recs[0].data["layers"].items()}
     log(f"{name}: {row}")
@@ -137,7 +142,8 @@ def main(argv: list[str]) -> None:
                 ("dws m=1, SVD init + BN recalibration", (1, 0, False, True, False)),
                 ("dws m=1, SVD init + distill", (1, steps, False, False, True)),
                 ("dws m=1, random init + distill", (1, steps, True, False, False)),
-                ("dws m=2, SVD init + distill", (2, steps, False, False, True))]
+                ("dws m=2, SVD init + distill", (2, steps, False, False, True)),
+                ("group conv g=4 + shuffle, restricted init + distill", (-4, steps, False, False, True))]
         rows[which] = []
         for name, arm in arms:
             t0 = time.perf_counter()
@@ -178,16 +184,18 @@ def write(rows: dict[str, list[dict[str, Any]]], args: argparse.Namespace, cmd: 
                                    "speed-up b1", "speed-up b256"], "rows": table})
         by = {r["name"]: r for r in rs}
         best, m2 = by["dws m=1, SVD init + distill"], by["dws m=2, SVD init + distill"]
+        gs = by["group conv g=4 + shuffle, restricted init + distill"]
         parts.append(f"{which}: MACs {fp['macs']:,} -> {best['macs']:,} ({fp['macs'] / best['macs']:.1f}x fewer), "
                      f"test accuracy {fp['accuracy']:.2f} -> {by['dws m=1, SVD init, no training']['accuracy']:.2f} "
                      f"(SVD fit, untrained; {by['dws m=1, SVD init + BN recalibration']['accuracy']:.2f} with BN "
                      f"recalibrated) -> {best['accuracy']:.2f} after {steps} distillation steps (random init, same "
                      f"distillation: {by['dws m=1, random init + distill']['accuracy']:.2f}; m=2: {m2['accuracy']:.2f}); "
                      f"paired latency fp32/dws {best.get('speedup_b1')}x at batch 1, {best.get('speedup_b256')}x at "
-                     "batch 256")
+                     f"batch 256; group conv g=4 + shuffle: {gs['accuracy']:.2f}, {gs.get('speedup_b1')}x / "
+                     f"{gs.get('speedup_b256')}x")
     doc = {
-        "title": "Lightweight blocks: standard 3x3 convs -> depthwise-separable (block.depthwise_separable), "
-                 "distilled back, on digits CNNs",
+        "title": "Lightweight blocks: standard 3x3 convs -> depthwise-separable (block.depthwise_separable) or "
+                 "grouped + shuffle (block.group_shuffle), distilled back, on digits CNNs",
         "command": cmd, "date": datetime.date.today().isoformat(),
         "machine": f"{platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads",
         "cpu": int8_isa().cpu_model, "int8_isa": int8_isa().to_dict(),
