@@ -11,7 +11,7 @@ from torch import nn
 import slimkit
 from slimkit.core import ArtifactError, ConfigError, Context, MethodError, Targets
 from slimkit.measure import profile
-from slimkit.nas.group_shuffle import GroupShuffleBlock, group_weights, grouped_block, shuffled_position
+from slimkit.nas.group_shuffle import ChannelShuffle, GroupShuffleBlock, group_weights, grouped_block, shuffled_position
 
 pytestmark = pytest.mark.usefixtures("one_thread_module")
 
@@ -67,6 +67,8 @@ def test_shuffle_positions_match_channel_shuffle() -> None:
     out = nn.ChannelShuffle(3)(x).flatten()
     p = shuffled_position(12, 3)
     assert torch.equal(out[p], torch.arange(12.0))
+    y = torch.randn(2, 12, 3, 5)
+    assert torch.equal(ChannelShuffle(3)(y), nn.ChannelShuffle(3)(y))  # ours exports to ONNX, same order
     assert group_weights(torch.randn(12, 6, 1, 1), 3, True).shape == (12, 2, 1, 1)
 
 
@@ -77,7 +79,7 @@ def test_handler_record_skips_and_macs() -> None:
     assert set(rec.data["layers"]) == {"2", "4"}
     assert "divide" in rec.data["skipped"]["0"] and "grouped" in rec.data["skipped"]["6"]
     assert all(0 < v["error"] < 1 for v in rec.data["layers"].values())
-    assert isinstance(out[2][1], nn.ChannelShuffle) and out[2][0].groups == 4 and out[2][0].stride == (2, 2)
+    assert isinstance(out[2][1], ChannelShuffle) and out[2][0].groups == 4 and out[2][0].stride == (2, 2)
     before, after = profile(model, X).macs, profile(out, X).macs
     saved = 3 * (4 * 36 * (32 * 16 * 9) + 4 * 36 * 32 * 32) // 4  # 3/4 of both converted convs' MACs
     assert before - after == saved
@@ -107,3 +109,18 @@ def test_errors_name_the_layer() -> None:
         slimkit.apply(small_cnn(), GroupShuffleBlock(), Targets(include=("6",)), Context())
     with pytest.raises(MethodError, match="select no Conv2d"):
         slimkit.apply(small_cnn(), GroupShuffleBlock(), Targets(types=("Linear",)), Context())
+
+
+@pytest.mark.slow  # the ONNX exporter's first call takes seconds
+@pytest.mark.parametrize("kind", ["block.group_shuffle", "block.depthwise_separable"])
+def test_converted_models_export_to_onnx(kind: str, tmp_path: Path) -> None:
+    """Both blocks are plain convs (plus a reshape / transpose shuffle), so ONNX Runtime runs them."""
+    from slimkit.core import config_class
+    from slimkit.export.onnx import OrtModel, export_onnx
+
+    out = slimkit.apply(small_cnn(), config_class(kind)(), Targets(types=("Conv2d",)), Context())
+    path = export_onnx(out, (X,), tmp_path / "m.onnx")
+    got = OrtModel(path)(X)
+    got = got[0] if isinstance(got, (list, tuple)) else got
+    with torch.no_grad():
+        assert torch.allclose(torch.as_tensor(got), out(X), atol=1e-5)

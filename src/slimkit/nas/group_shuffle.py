@@ -2,7 +2,8 @@
 
 A grouped conv with ``g`` groups holds ``1/g`` of the kernel: output channel ``c`` of group
 ``c // (C_out/g)`` sees only that group's input channels. ShuffleNet follows each grouped
-conv with a channel shuffle (``nn.ChannelShuffle(g)``) so the next grouped layer mixes
+conv with a channel shuffle (:class:`ChannelShuffle`, ``nn.ChannelShuffle``'s order written as
+reshape + transpose so it exports to ONNX) so the next grouped layer mixes
 information across groups; converting consecutive convs of a trained network this way turns it
 into a stack of ShuffleNet-style layers.
 
@@ -49,6 +50,25 @@ class GroupShuffleBlock(GateOptions):
         self._require(self.groups >= 2, "groups", "an int >= 2", self.groups)
 
 
+class ChannelShuffle(nn.Module):
+    """ShuffleNet's channel shuffle, ``[N, g*k, H, W] -> [N, k*g, H, W]`` (the order of ``nn.ChannelShuffle``).
+
+    Written as reshape + transpose because ONNX has no ``channel_shuffle`` op (``nn.ChannelShuffle``
+    does not export); moves data, no MACs.
+    """
+
+    def __init__(self, groups: int) -> None:
+        super().__init__()
+        self.groups = groups
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: [N, C, *spatial]
+        n, c = x.shape[0], x.shape[1]
+        return x.reshape(n, self.groups, c // self.groups, *x.shape[2:]).transpose(1, 2).reshape(x.shape)
+
+    def extra_repr(self) -> str:
+        return f"groups={self.groups}"
+
+
 def shuffled_position(c_out: int, groups: int) -> torch.Tensor:
     """``p[c]``: where ``nn.ChannelShuffle(groups)`` puts grouped output channel ``c`` (``[C_out]``)."""
     k = c_out // groups
@@ -93,7 +113,7 @@ def grouped_block(conv: nn.Conv2d, groups: int, shuffle: bool, fit: bool = True)
             grouped.weight.copy_(group_weights(conv.weight.detach(), groups, shuffle))
             if conv.bias is not None:
                 grouped.bias.copy_(conv.bias[rows])
-    layers: list[nn.Module] = [grouped] + ([nn.ChannelShuffle(groups)] if shuffle else [])
+    layers: list[nn.Module] = [grouped] + ([ChannelShuffle(groups)] if shuffle else [])
     return nn.Sequential(*layers).train(conv.training)
 
 
@@ -150,4 +170,4 @@ def replay_group_shuffle(model: nn.Module, record: Record) -> None:
         swap_module(model, name, grouped_block(cast(nn.Conv2d, conv), groups, shuffle, fit=False))
 
 
-__all__ = ["GroupShuffleBlock", "group_weights", "grouped_block", "shuffled_position", "unsupported"]
+__all__ = ["ChannelShuffle", "GroupShuffleBlock", "group_weights", "grouped_block", "shuffled_position", "unsupported"]
