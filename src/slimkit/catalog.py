@@ -21,6 +21,8 @@ from .lowrank import block_diagonal as _lowrank_block_diagonal  # noqa: F401
 from .lowrank import conv_methods as _lowrank_conv_methods  # noqa: F401
 from .lowrank import svd_method as _lowrank_svd  # noqa: F401
 from .lowrank import tt as _lowrank_tt  # noqa: F401
+from .nas import group_shuffle as _nas_group_shuffle  # noqa: F401
+from .nas import separable as _nas_separable  # noqa: F401
 from .prune import (
     gradual,  # noqa: F401
     layers,  # noqa: F401

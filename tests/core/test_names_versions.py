@@ -13,7 +13,8 @@ from slimkit.core.registry import KIND_ALIASES
 from slimkit.prune import MagnitudePrune
 
 FAMILY_SUFFIX = {"prune": "Prune", "quantize": "Quant", "distill": "Distill", "export": "Export", "train": "Train",
-                 "lowrank": "Lowrank", "share": "Share", "attention": "Attention", "dynamic": "Dynamic"}
+                 "lowrank": "Lowrank", "share": "Share", "attention": "Attention", "dynamic": "Dynamic",
+                 "block": "Block"}
 
 
 def test_kind_names_use_one_separator_and_classes_one_pattern() -> None:
