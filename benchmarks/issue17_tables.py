@@ -83,11 +83,14 @@ def lowrank_cnn(doc: dict[str, Any]) -> None:
 def minilm_embedding(doc: dict[str, Any]) -> None:
     rows = []
     for name, row in doc["rows"].items():
+        if not isinstance(row, dict):  # e.g. "chosen": the name of the row dev picked
+            continue
         st = row.get("stsb", {})
         rows.append([name, row.get("word_table_params"), row.get("file_bytes"), row.get("profile_bytes"),
                      _r(st.get("dev")), _r(st.get("test"))])
     a = doc.get("args", {})
     exact = f", exact_rows {a['exact_rows']}" if a.get("exact_rows") else ""
+    exact += f", smoothing {a['smoothing']:g}" if a.get("smoothing", 1.0) != 1.0 else ""
     doc["title"] = f"MiniLM-L6 word embeddings: share.factorized_embedding (E={a.get('dim')}{exact}) + distillation"
     doc["summary"] = (f"distill.{a.get('objective', 'embedding')} {a.get('steps')} steps, lr {a.get('lr')}, "
                       f"batch {a.get('batch')}; headline: {json.dumps(doc.get('headline', {}))}")
@@ -121,6 +124,8 @@ def convert(path: Path) -> bool:
     if fn is None:
         return False
     doc = json.loads(path.read_text())
+    if fn is minilm_embedding and not isinstance(doc.get("rows"), dict):
+        return False  # already in the generic form (e.g. --probe-smoothing)
     fn(doc)
     _label(doc)
     path.write_text(json.dumps(doc, indent=2) + "\n")

@@ -248,7 +248,8 @@ def support() -> list[str]:
 # "rows"}], "notes"}`` plus the CPU label fields; rendered as they are, in this order.
 GENERIC = ("lowrank_minilm.json", "minilm_embedding*.json", "minilm_share.json", "lowrank_cnn.json",
            "structured_digits.json", "attention_scaling.json", "attention_quality.json", "attention_window_stsb.json",
-           "token_prune_minilm.json", "early_exit_sst2.json", "layerdrop_minilm.json")
+           "token_prune_minilm.json", "early_exit_sst2.json", "layerdrop_minilm.json",
+           "lightweight_blocks.json")
 
 
 def _generic_files() -> list[str]:
