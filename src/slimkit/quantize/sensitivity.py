@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..core.context import call_model
+from ..core.context import call_model, select_output
 from ..core.errors import ConfigError, MethodError
 
 
@@ -85,20 +85,6 @@ def layer_traces(model: nn.Module, layer_names: Sequence[str], loss_fn: Callable
     return {n: t / len(batches) for n, t in zip(layer_names, total)}
 
 
-def output_tensor(out: Any) -> torch.Tensor:
-    """The main tensor of a model output (tensor, tuple, dict or HF ``ModelOutput``)."""
-    if isinstance(out, torch.Tensor):
-        return out
-    if isinstance(out, dict):
-        for key in ("logits", "last_hidden_state"):
-            if key in out:
-                return out[key]
-        return next(v for v in out.values() if isinstance(v, torch.Tensor))
-    if isinstance(out, (tuple, list)):
-        return output_tensor(out[0])
-    raise MethodError(f"cannot find a tensor in a model output of type {type(out).__name__}")
-
-
 def output_distance(ref: torch.Tensor, out: torch.Tensor, metric: Literal["mse", "kl"]) -> float:
     """MSE of the outputs, or ``KL(softmax(ref) || softmax(out))`` over the last dim (mean over rows)."""
     if metric == "mse":
@@ -126,13 +112,13 @@ def measured_error_probe(model: nn.Module, layer_names: Sequence[str],
     out: dict[str, float] = {}
     try:
         with torch.no_grad():
-            refs = [output_tensor(call_model(model, b)) for b in inputs]
+            refs = [select_output(call_model(model, b)) for b in inputs]
             for name in layer_names:
                 w = model.get_submodule(name).weight
                 orig = w.detach().clone()
                 try:
                     w.copy_(quantize_fn(orig).to(w.dtype).reshape(w.shape))
-                    dists = [output_distance(r, output_tensor(call_model(model, b)), metric)
+                    dists = [output_distance(r, select_output(call_model(model, b)), metric)
                              for r, b in zip(refs, inputs)]
                 finally:
                     w.copy_(orig)
